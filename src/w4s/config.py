@@ -1,0 +1,88 @@
+"""Stage configuration: dataclasses with help text and validation, from YAML and the command line.
+
+Each stage declares one dataclass whose fields use :func:`option`. :func:`load` builds it from a
+YAML file, then applies ``key=value`` overrides (or parsed CLI flags), then validates it, so the
+defaults live in exactly one place: the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from w4s.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str, check: Callable[[Any], bool] | None = None, why: str = "") -> Any:
+    """A config field: ``check(value)`` must hold, else ``why`` tells the user what is allowed."""
+    return dataclasses.field(default=default, metadata={"help": help, "check": check, "why": why})
+
+
+def positive(value) -> bool:
+    return value > 0
+
+
+def validate(cfg) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        expected = hints[f.name]
+        origin = typing.get_origin(expected)
+        allowed = typing.get_args(expected) if origin in (typing.Union, types.UnionType) else (expected,)
+        allowed_types = tuple(typing.get_origin(a) or a for a in allowed)
+        if float in allowed_types and type(value) is int:
+            value = float(value)
+            setattr(cfg, f.name, value)
+        if not isinstance(value, allowed_types) or (type(value) is bool and bool not in allowed_types):
+            names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed_types)
+            raise ConfigError(f"{type(cfg).__name__}.{f.name} must be {names}, got {value!r}")
+        check = f.metadata.get("check")
+        if check is not None and value is not None and not check(value):
+            raise ConfigError(f"{type(cfg).__name__}.{f.name}={value!r} is invalid: {f.metadata.get('why') or f.metadata['help']}")
+
+
+def load(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Build ``cls`` from an optional YAML file and overrides; raise ConfigError on bad input."""
+    values: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of {cls.__name__} fields")
+        values.update(loaded)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    cfg = cls(**values)
+    validate(cfg)
+    return cfg
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add one ``--flag`` per field (default None: unset flags do not override YAML)."""
+    for f in dataclasses.fields(cls):
+        flag = "--" + prefix + f.name.replace("_", "-")
+        parser.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=yaml.safe_load, default=None,
+                            help=f"{f.metadata.get('help', '')} (default: {f.default})")
+
+
+def overrides_from(namespace: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
+    return {f.name: getattr(namespace, prefix.replace("-", "_") + f.name, None) for f in dataclasses.fields(cls)}

@@ -1,0 +1,291 @@
+"""How a sandbox process is started: which isolation layers exist here and the command that uses them.
+
+Two backends:
+
+``bwrap``   bubblewrap: new network, PID, IPC, UTS (and, unprivileged, user) namespaces; a root
+            filesystem holding only the system libraries, the Python installation (read-only), the
+            worker runtime and the code to run (read-only), and a size-limited scratch tmpfs.
+            As root, bwrap runs without a user namespace and the worker drops to a dedicated
+            unprivileged uid before it reads any untrusted code.
+``process`` the fallback where namespaces are unavailable (e.g. a Kubernetes pod without user
+            namespaces): a child process with an empty environment, rlimits, the seccomp filter (no
+            new sockets) and, as root, the uid drop; the filesystem and process table stay visible,
+            which is reported loudly.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from w4s.errors import SandboxUnavailable
+from w4s.sandbox.config import SandboxConfig
+
+log = logging.getLogger(__name__)
+
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+SANDBOX_RUNTIME = "/w4s/runtime"
+SANDBOX_CODE = "/w4s/code"
+SANDBOX_SCRATCH = "/scratch"
+_UID_BASE = 200_000
+_UID_SPAN = 100_000
+_uid_counter = itertools.count((os.getpid() * 7919) % _UID_SPAN)
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+
+
+@dataclass
+class Layer:
+    name: str
+    active: bool
+    detail: str
+
+
+@dataclass
+class Launch:
+    """Everything needed to start one sandbox process; ``cleanup`` removes host-side leftovers."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    pass_fds: tuple[int, ...]
+    host_dirs: list[str] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        for path in self.host_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _python_prefixes() -> list[str]:
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)}
+    prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    # Drop nested duplicates and anything already under a system dir.
+    kept = []
+    for p in sorted(prefixes):
+        if any(p == d or p.startswith(d + "/") for d in _SYSTEM_DIRS):
+            continue
+        if any(p.startswith(k + "/") for k in kept):
+            continue
+        kept.append(p)
+    return kept
+
+
+def _site_dirs() -> list[str]:
+    dirs = []
+    for path in site.getsitepackages():
+        if os.path.isdir(path) and path not in dirs:
+            dirs.append(path)
+    return dirs
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _tasks_of_uid(uid: int) -> int:
+    """Threads and processes that already count against RLIMIT_NPROC for ``uid``."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{entry}/task"))
+        except OSError:
+            continue
+    return count
+
+
+@functools.cache
+def _bwrap_probe() -> tuple[bool, str, tuple[str, ...]]:
+    """Can bubblewrap make namespaces here? Returns (works, detail, extra flags that work)."""
+    path = shutil.which("bwrap")
+    if path is None:
+        return False, "bubblewrap (bwrap) is not installed; install the Debian package 'bubblewrap'", ()
+    base = [path, "--die-with-parent", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    base += _ro_system_args()
+    if not _is_root():
+        base.append("--unshare-user")
+    tries: list[tuple[str, ...]] = [("--disable-userns",), ()] if not _is_root() else [()]
+    last = ""
+    for extra in tries:
+        try:
+            done = subprocess.run([*base, *extra, "--", "/bin/true"], capture_output=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return False, f"bwrap failed to run: {exc}", ()
+        if done.returncode == 0:
+            return True, path, extra
+        last = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        last = last[0]
+    return False, f"bwrap cannot create namespaces here ({last})", ()
+
+
+def _ro_system_args() -> list[str]:
+    args: list[str] = []
+    for d in _SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    for f in _SYSTEM_FILES:
+        if os.path.exists(f):
+            args += ["--ro-bind", f, f]
+    return args
+
+
+def _parent_dirs(targets: list[str]) -> list[str]:
+    """bwrap creates missing parents as 0700; make them traversable for the unprivileged uid."""
+    args: list[str] = []
+    made: set[str] = set()
+    for target in targets:
+        parts = Path(target).parts[1:-1]
+        for depth in range(1, len(parts) + 1):
+            parent = "/" + "/".join(parts[:depth])
+            if parent not in made and not any(parent == d or parent.startswith(d + "/") for d in _SYSTEM_DIRS):
+                made.add(parent)
+                args += ["--perms", "0755", "--dir", parent]
+    return args
+
+
+def backend(cfg: SandboxConfig) -> str:
+    """The backend this configuration gets on this machine; raises if 'bwrap' is required but unusable."""
+    works, detail, _ = _bwrap_probe()
+    if cfg.isolation == "process":
+        return "process"
+    if works:
+        return "bwrap"
+    if cfg.isolation == "bwrap":
+        raise SandboxUnavailable(f"isolation=bwrap was required but {detail}")
+    _warn_degraded(detail)
+    return "process"
+
+
+@functools.cache
+def _warn_degraded(detail: str) -> None:
+    log.warning(
+        "SANDBOX DEGRADED: %s. Workflow code runs with rlimits, seccomp and an empty environment, "
+        "but can see the host's files and processes. Install bubblewrap or allow user namespaces.",
+        detail,
+    )
+
+
+def layers(cfg: SandboxConfig) -> list[Layer]:
+    """Which guarantees this machine gives (the static view; `w4s sandbox doctor` also probes live)."""
+    works, detail, _ = _bwrap_probe()
+    use_bwrap = cfg.isolation != "process" and works
+    from w4s.sandbox.runtime import seccomp
+
+    ns = "bubblewrap namespace" if use_bwrap else f"unavailable: {detail}"
+    return [
+        Layer("network", use_bwrap or (cfg.seccomp and seccomp.supported()),
+              "network namespace (no interfaces) + seccomp" if use_bwrap else "seccomp refuses new sockets"),
+        Layer("environment", True, "cleared; only LANG, PATH and MALLOC_ARENA_MAX are set"),
+        Layer("processes", use_bwrap, "PID namespace, worker is PID 1" if use_bwrap else ns),
+        Layer("filesystem", use_bwrap,
+              "only system libs, Python (read-only) and a scratch tmpfs" if use_bwrap else ns),
+        Layer("privileges", True, "drops to a dedicated unprivileged uid" if _is_root()
+              else ("user namespace, no capabilities" if use_bwrap else "runs as the current non-root user")),
+        Layer("seccomp", cfg.seccomp and seccomp.supported(),
+              "filter on (no sockets, ptrace, namespaces, mounts, bpf)" if cfg.seccomp else "disabled by config"),
+        Layer("rlimits", True,
+              f"cpu {cfg.cpu_seconds}s, memory {cfg.memory_mb} MiB, processes {cfg.max_processes}, "
+              f"file {cfg.file_size_mb} MiB, fds {cfg.open_files}"),
+        Layer("timeouts", True, f"SIGKILL of the process group after {cfg.timeout_s:g}s per sample"),
+        Layer("output", True, f"stdout/stderr truncated at {cfg.output_bytes} bytes per sample"),
+    ]
+
+
+def prepare(
+    cfg: SandboxConfig,
+    mode: str,
+    ctrl_fd: int,
+    files: dict[str, str],
+    extra_args: list[str] | None = None,
+) -> Launch:
+    """Build the launch of one sandbox worker running ``mode`` with ``files`` as its (read-only) code."""
+    kind = backend(cfg)
+    code_dir = tempfile.mkdtemp(prefix="w4s-code-")
+    os.chmod(code_dir, 0o755)
+    for name, text in files.items():
+        path = os.path.join(code_dir, name)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(path, 0o644)
+    host_dirs = [code_dir]
+    drop_uid = None
+    limits = cfg.worker_limits()
+    if _is_root():
+        drop_uid = _UID_BASE + next(_uid_counter) % _UID_SPAN
+    else:
+        limits["max_processes"] = _tasks_of_uid(os.getuid()) + cfg.max_processes
+    python = os.path.realpath(sys.executable) if kind == "bwrap" else sys.executable
+    env = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2", "HOME": SANDBOX_SCRATCH}
+    import json
+
+    if kind == "bwrap":
+        _, bwrap, extra = _bwrap_probe()
+        runtime, code, scratch = SANDBOX_RUNTIME, SANDBOX_CODE, SANDBOX_SCRATCH
+        argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc",
+                "--unshare-uts", "--unshare-cgroup-try"]
+        if mode == "workflow":
+            argv.append("--as-pid-1")
+        if _is_root():
+            argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            argv += ["--unshare-user", *extra]
+        argv += _ro_system_args()
+        binds = [(prefix, prefix) for prefix in _python_prefixes()]
+        binds += [(str(RUNTIME_DIR), runtime), (code_dir, code)]
+        argv += _parent_dirs([target for _, target in binds])
+        for source, target in binds:
+            argv += ["--ro-bind", source, target]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--perms", "1777", "--size", str(cfg.scratch_mb * 1024 * 1024), "--tmpfs", scratch]
+        argv += ["--perms", "1777", "--size", str(16 * 1024 * 1024), "--tmpfs", "/tmp"]
+        argv += ["--chdir", scratch, "--clearenv"]
+        for key, value in env.items():
+            argv += ["--setenv", key, value]
+        argv.append("--")
+        cwd = "/"
+    else:
+        runtime, code = str(RUNTIME_DIR), code_dir
+        scratch = tempfile.mkdtemp(prefix="w4s-scratch-")
+        host_dirs.append(scratch)
+        if drop_uid is not None:
+            os.chown(scratch, drop_uid, drop_uid)
+        env["HOME"] = scratch
+        argv = []
+        cwd = scratch
+    argv += [python, "-I", "-S", "-B", f"{runtime}/worker.py", "--mode", mode, "--ctrl-fd", str(ctrl_fd),
+             "--code-dir", code, "--scratch", scratch, "--limits", json.dumps(limits),
+             "--seccomp", "1" if cfg.seccomp else "0", "--sys-path", json.dumps(_site_dirs())]
+    if drop_uid is not None:
+        argv += ["--drop-uid", str(drop_uid)]
+    argv += extra_args or []
+    return Launch(argv=argv, env=env, cwd=cwd, pass_fds=(ctrl_fd,), host_dirs=host_dirs)
+
+
+def spawn(launch: Launch) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(
+            launch.argv,
+            env=launch.env,
+            cwd=launch.cwd,
+            pass_fds=launch.pass_fds,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        launch.cleanup()
+        raise SandboxUnavailable(f"could not start the sandbox ({exc}); check the bwrap and Python installation") from None

@@ -1,0 +1,188 @@
+"""Wire protocol between the host and a sandbox worker.
+
+Stdlib only: this module is imported on both sides of the boundary (the host imports it as
+``w4s.sandbox.runtime.protocol``; the worker inside the sandbox as ``protocol``).
+
+Framing: every message is one frame, a 4-byte big-endian length followed by that many bytes of
+UTF-8 JSON. A frame larger than ``MAX_FRAME`` is a protocol violation.
+
+Values that cross the boundary (answers, arguments and results of proxied calls) are *plain
+data*: ``None, bool, int, float, str, bytes, complex, list, tuple, dict, set, frozenset``, nested.
+They are encoded as JSON with tags for the types JSON lacks, and decoded into exact builtin types,
+so an object that lies about equality, or any other custom class, can never reach the host.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+MAX_FRAME = 16 * 1024 * 1024
+MAX_DEPTH = 200
+_HEADER = struct.Struct(">I")
+_TAG = "__w4s__"
+_BIG_INT = 1 << 62
+
+
+class ProtocolError(Exception):
+    """A peer broke the framing or sent a value that is not plain data."""
+
+
+class PlainDataError(TypeError):
+    """A value cannot cross the sandbox boundary because it is not plain data."""
+
+
+def pack(message: dict) -> bytes:
+    """Serialise one message into a frame."""
+    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
+    return _HEADER.pack(len(body)) + body
+
+
+def frame_length(header: bytes) -> int:
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError(f"peer announced a {length}-byte frame; the limit is {MAX_FRAME}")
+    return length
+
+
+HEADER_SIZE = _HEADER.size
+
+
+def unpack(body: bytes) -> dict:
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"malformed frame: {type(exc).__name__}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a frame must hold a JSON object")
+    return message
+
+
+# --- blocking helpers (worker side, and the host's thread-based proxies) -------------------------
+
+
+def send(sock, message: dict) -> None:
+    sock.sendall(pack(message))
+
+
+def _recv_exact(sock, n: int) -> bytes:
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("peer closed the channel")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv(sock) -> dict:
+    length = frame_length(_recv_exact(sock, HEADER_SIZE))
+    return unpack(_recv_exact(sock, length))
+
+
+# --- plain-data codec ------------------------------------------------------------------------------
+
+
+def _numpy_scalar(value):
+    """numpy scalars are common in generated code; accept them as their Python value."""
+    module = type(value).__module__
+    if module == "numpy" and hasattr(value, "item"):
+        item = value.item()
+        if type(item) in (bool, int, float, complex, str, bytes):
+            return item
+    return None
+
+
+def encode(value, _depth: int = 0):
+    """Turn plain data into a JSON-compatible structure; reject everything else."""
+    if _depth > MAX_DEPTH:
+        raise PlainDataError(f"value nests deeper than {MAX_DEPTH} levels")
+    kind = type(value)
+    if value is None or kind is bool or kind is str:
+        return value
+    if kind is int:
+        if -_BIG_INT < value < _BIG_INT:
+            return value
+        return {_TAG: "int", "v": hex(value)}
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        return {_TAG: "float", "v": repr(value)}
+    if kind is list:
+        return [encode(item, _depth + 1) for item in value]
+    if kind is tuple:
+        return {_TAG: "tuple", "v": [encode(item, _depth + 1) for item in value]}
+    if kind is dict:
+        if all(type(key) is str for key in value) and _TAG not in value:
+            return {key: encode(item, _depth + 1) for key, item in value.items()}
+        return {_TAG: "dict", "v": [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in value.items()]}
+    if kind is set or kind is frozenset:
+        return {_TAG: kind.__name__, "v": [encode(item, _depth + 1) for item in value]}
+    if kind is bytes:
+        return {_TAG: "bytes", "v": value.hex()}
+    if kind is complex:
+        return {_TAG: "complex", "v": [encode(value.real), encode(value.imag)]}
+    converted = _numpy_scalar(value)
+    if converted is not None:
+        return encode(converted, _depth)
+    raise PlainDataError(
+        f"{kind.__module__}.{kind.__qualname__} is not plain data; return None, bool, int, float, "
+        "str, bytes, complex, list, tuple, dict, set or frozenset"
+    )
+
+
+def _decode_float(text) -> float:
+    if text not in ("nan", "inf", "-inf"):
+        raise ProtocolError(f"bad float tag {text!r}")
+    return float(text)
+
+
+def _hashable(value, what: str):
+    try:
+        hash(value)
+    except TypeError:
+        raise ProtocolError(f"unhashable {what}") from None
+    return value
+
+
+def decode(data, _depth: int = 0):
+    """Inverse of :func:`encode`; produces only exact builtin types."""
+    if _depth > MAX_DEPTH:
+        raise ProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
+    kind = type(data)
+    if data is None or kind in (bool, int, float, str):
+        return data
+    if kind is list:
+        return [decode(item, _depth + 1) for item in data]
+    if kind is not dict:
+        raise ProtocolError(f"unexpected JSON type {kind.__name__}")
+    tag = data.get(_TAG)
+    if tag is None:
+        return {key: decode(item, _depth + 1) for key, item in data.items()}
+    payload = data.get("v")
+    try:
+        if tag == "int":
+            return int(payload, 16)
+        if tag == "float":
+            return _decode_float(payload)
+        if tag == "tuple":
+            return tuple(decode(item, _depth + 1) for item in payload)
+        if tag == "dict":
+            return {_hashable(decode(k, _depth + 1), "dict key"): decode(v, _depth + 1) for k, v in payload}
+        if tag in ("set", "frozenset"):
+            items = [_hashable(decode(item, _depth + 1), "set item") for item in payload]
+            return set(items) if tag == "set" else frozenset(items)
+        if tag == "bytes":
+            return bytes.fromhex(payload)
+        if tag == "complex":
+            real, imag = (decode(part, _depth + 1) for part in payload)
+            if type(real) is not float and type(real) is not int:
+                raise ProtocolError("bad complex tag")
+            return complex(real, imag)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad {tag!r} value: {exc}") from None
+    raise ProtocolError(f"unknown tag {tag!r}")

@@ -1,0 +1,141 @@
+"""A seccomp-BPF filter for sandbox workers, built with ctypes (stdlib only).
+
+It is a second line behind the namespaces, and the only network barrier where no network
+namespace can be made (an unprivileged Kubernetes pod): new sockets are refused outright
+(``socketpair`` stays allowed, and the channel to the host is inherited, never created), and the
+calls that reach across the process boundary or reconfigure the kernel are refused too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+
+# BPF opcodes
+_LD_W_ABS = 0x20
+_JEQ_K = 0x15
+_JSET_K = 0x45
+_RET_K = 0x06
+
+_SECCOMP_RET_ALLOW = 0x7FFF0000
+_SECCOMP_RET_ERRNO = 0x00050000
+_SECCOMP_RET_KILL_PROCESS = 0x80000000
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+
+# struct seccomp_data offsets
+_OFF_NR = 0
+_OFF_ARCH = 4
+_OFF_ARG0_LO = 16
+
+_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
+
+# Per architecture: audit arch value and syscall numbers. Only what the filter names.
+_ARCHES = {
+    "x86_64": {
+        "audit": 0xC000003E,
+        "x32_bit": 0x40000000,
+        "socket": 41,
+        "clone": 56,
+        "clone3": 435,
+        "deny": {
+            "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "io_uring_setup": 425,
+            "bpf": 321, "perf_event_open": 298, "keyctl": 250, "add_key": 248, "request_key": 249,
+            "userfaultfd": 323, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166,
+            "pivot_root": 155, "chroot": 161, "init_module": 175, "finit_module": 313,
+            "delete_module": 176, "kexec_load": 246, "open_by_handle_at": 304, "name_to_handle_at": 303,
+            "fanotify_init": 300, "personality": 135, "acct": 163, "swapon": 167, "swapoff": 168,
+            "reboot": 169, "sethostname": 170, "setdomainname": 171, "iopl": 172, "ioperm": 173,
+            "quotactl": 179, "lookup_dcookie": 212, "move_mount": 429, "open_tree": 428, "fsopen": 430,
+            "fsconfig": 431, "fsmount": 432, "fspick": 433, "pidfd_getfd": 438,
+        },
+    },
+    "aarch64": {
+        "audit": 0xC00000B7,
+        "x32_bit": None,
+        "socket": 198,
+        "clone": 220,
+        "clone3": 435,
+        "deny": {
+            "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "io_uring_setup": 425,
+            "bpf": 280, "perf_event_open": 241, "keyctl": 219, "add_key": 217, "request_key": 218,
+            "userfaultfd": 282, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39,
+            "pivot_root": 41, "chroot": 51, "init_module": 105, "finit_module": 273,
+            "delete_module": 106, "kexec_load": 104, "open_by_handle_at": 265, "name_to_handle_at": 264,
+            "fanotify_init": 262, "personality": 92, "acct": 89, "swapon": 224, "swapoff": 225,
+            "reboot": 142, "sethostname": 161, "setdomainname": 162, "quotactl": 60,
+            "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+            "fspick": 433, "pidfd_getfd": 438,
+        },
+    },
+}
+
+
+def supported() -> bool:
+    return platform.machine() in _ARCHES and hasattr(ctypes, "CDLL")
+
+
+def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("HBBI", code, jt, jf, k)
+
+
+def build_program(machine: str | None = None) -> bytes:
+    """Return the filter as raw ``sock_filter`` instructions."""
+    spec = _ARCHES[machine or platform.machine()]
+    errno_eperm = _SECCOMP_RET_ERRNO | errno.EPERM
+    errno_eacces = _SECCOMP_RET_ERRNO | errno.EACCES
+    errno_enosys = _SECCOMP_RET_ERRNO | errno.ENOSYS
+    prog: list[bytes] = []
+    # Wrong architecture (e.g. the i386 ABI on x86_64): kill.
+    prog.append(_insn(_LD_W_ABS, 0, 0, _OFF_ARCH))
+    prog.append(_insn(_JEQ_K, 1, 0, spec["audit"]))
+    prog.append(_insn(_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS))
+    prog.append(_insn(_LD_W_ABS, 0, 0, _OFF_NR))
+    if spec["x32_bit"]:
+        prog.append(_insn(_JSET_K, 0, 1, spec["x32_bit"]))
+        prog.append(_insn(_RET_K, 0, 0, _SECCOMP_RET_KILL_PROCESS))
+    # No new sockets of any family: the worker's channels are inherited.
+    prog.append(_insn(_JEQ_K, 0, 1, spec["socket"]))
+    prog.append(_insn(_RET_K, 0, 0, errno_eacces))
+    # clone3 cannot be inspected (its flags live in memory): make libc fall back to clone.
+    prog.append(_insn(_JEQ_K, 0, 1, spec["clone3"]))
+    prog.append(_insn(_RET_K, 0, 0, errno_enosys))
+    # clone with namespace flags is refused; plain fork/thread creation is allowed.
+    # (On x86_64 and aarch64 the flags are the first argument.)
+    prog.append(_insn(_JEQ_K, 0, 4, spec["clone"]))
+    prog.append(_insn(_LD_W_ABS, 0, 0, _OFF_ARG0_LO))
+    prog.append(_insn(_JSET_K, 0, 1, _NS_FLAGS))
+    prog.append(_insn(_RET_K, 0, 0, errno_eperm))
+    prog.append(_insn(_RET_K, 0, 0, _SECCOMP_RET_ALLOW))
+    for number in sorted(set(spec["deny"].values())):
+        prog.append(_insn(_JEQ_K, 0, 1, number))
+        prog.append(_insn(_RET_K, 0, 0, errno_eperm))
+    prog.append(_insn(_RET_K, 0, 0, _SECCOMP_RET_ALLOW))
+    return b"".join(prog)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install() -> None:
+    """Install the filter on the calling thread's process (inherited by its children).
+
+    Raises OSError when the kernel refuses.
+    """
+    program = build_program()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"PR_SET_NO_NEW_PRIVS: {os.strerror(err)}")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    if libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp filter: {os.strerror(err)}")

@@ -1,0 +1,397 @@
+"""Run one workflow on many samples: loaded once, one forked process per sample, failures contained.
+
+The host side of the sandbox for workflows. A :class:`WorkflowSandbox` starts a worker that loads
+the workflow source once (it is PID 1 of its PID namespace); each sample is a forked child with its
+own process group, private RPC socket, capped output pipe, CPU limit and wall-clock timeout
+(SIGKILL of the group). The child's LLM requests are answered by an :class:`AgentHost` on this
+side. A sample that crashes, hangs, exits or exhausts a limit costs only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import json
+import logging
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from w4s.errors import InfrastructureError, SandboxUnavailable
+from w4s.sandbox import isolation
+from w4s.sandbox.config import SandboxConfig
+from w4s.sandbox.runtime import protocol
+
+log = logging.getLogger(__name__)
+
+_MAX_RESTARTS = 3
+_EXIT_GRACE_S = 5.0
+
+
+class AgentHost(Protocol):
+    """Answers what a workflow's ``agent`` asks the host (the gateway implements this)."""
+
+    async def call_llm(self, request: dict) -> list[str]: ...
+
+    async def public_tests(self, task: str, entry_point: str) -> list[str]: ...
+
+
+class CallableHost:
+    """An :class:`AgentHost` from plain callables (sync or async); for tests and simple uses."""
+
+    def __init__(
+        self,
+        call_llm: Callable[[dict], list[str] | Awaitable[list[str]]],
+        public_tests: Callable[[str, str], list[str] | Awaitable[list[str]]] | None = None,
+    ):
+        self._call_llm = call_llm
+        self._public_tests = public_tests
+
+    async def call_llm(self, request: dict) -> list[str]:
+        result = self._call_llm(request)
+        return await result if inspect.isawaitable(result) else result
+
+    async def public_tests(self, task: str, entry_point: str) -> list[str]:
+        if self._public_tests is None:
+            raise LookupError("this task has no public tests")
+        result = self._public_tests(task, entry_point)
+        return await result if inspect.isawaitable(result) else result
+
+
+@dataclass
+class SampleResult:
+    """What one sample produced: an answer (plain data) or an error for the meta-agent's feedback."""
+
+    index: int
+    answer: Any = None
+    error: dict | None = None
+    output: str = ""
+    wall_seconds: float = 0.0
+    llm_calls: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _error(type_name: str, message: str, **more) -> dict:
+    return {"type": type_name, "message": message, "line": None, "lineno": None, **more}
+
+
+class _Sample:
+    def __init__(self, sid: int):
+        self.sid = sid
+        self.exit: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.final: dict | None = None
+        self.calls = 0
+
+
+class WorkflowSandbox:
+    """One sandbox for one workflow; use as ``async with WorkflowSandbox(src, host, cfg) as box``."""
+
+    def __init__(self, source: str, host: AgentHost, cfg: SandboxConfig | None = None):
+        self.source = source
+        self.host = host
+        self.cfg = cfg or SandboxConfig()
+        self.load_error: dict | None = None
+        self._proc = None
+        self._launch = None
+        self._ctrl: socket.socket | None = None
+        self._reader: asyncio.Task | None = None
+        self._samples: dict[int, _Sample] = {}
+        self._ids = itertools.count(1)
+        self._restarts = 0
+        self._fatal: InfrastructureError | None = None
+        self._start_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> WorkflowSandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return
+            await self._stop_process()
+            host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                self._launch = isolation.prepare(self.cfg, "workflow", child_end.fileno(), {"workflow.py": self.source})
+                self._proc = isolation.spawn(self._launch)
+            finally:
+                child_end.close()
+            host_end.setblocking(False)
+            self._ctrl = host_end
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.cfg.load_timeout_s
+            messages = []
+            for _ in range(2):
+                try:
+                    data = await asyncio.wait_for(loop.sock_recv(host_end, 65536), max(0.01, deadline - loop.time()))
+                except TimeoutError:
+                    data = None
+                if not data:
+                    break
+                messages.append(json.loads(data))
+            if not messages:
+                detail = await self._stop_process()
+                raise SandboxUnavailable(f"the sandbox failed to start: {detail or 'no output'}; run `w4s sandbox doctor`")
+            if len(messages) == 1:
+                detail = await self._stop_process()
+                self.load_error = (
+                    _error("TimeoutError", f"loading the workflow took over {self.cfg.load_timeout_s:g} s")
+                    if data is None
+                    else _error("WorkflowLoadError", f"the workflow killed its loader ({detail or 'no detail'})")
+                )
+                return
+            message = messages[1]
+            if message.get("op") == "load_error":
+                self.load_error = message["error"]
+                await self._stop_process()
+                return
+            self.load_error = None
+            self._reader = asyncio.create_task(self._read_ctrl())
+
+    async def _read_ctrl(self) -> None:
+        loop = asyncio.get_running_loop()
+        ctrl = self._ctrl
+        try:
+            while True:
+                data = await loop.sock_recv(ctrl, 65536)
+                if not data:
+                    break
+                message = json.loads(data)
+                if message.get("op") == "exit":
+                    sample = self._samples.get(message.get("id"))
+                    if sample is not None and not sample.exit.done():
+                        sample.exit.set_result(message)
+        except (OSError, ValueError) as exc:
+            log.warning("sandbox control channel failed: %s", exc)
+        for sample in self._samples.values():
+            if not sample.exit.done():
+                sample.exit.set_result({"op": "exit", "lost": True})
+
+    async def _stop_process(self) -> str:
+        detail = ""
+        if self._reader is not None:
+            self._reader.cancel()
+            self._reader = None
+        if self._ctrl is not None:
+            self._ctrl.close()
+            self._ctrl = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            await asyncio.to_thread(proc.wait)
+            if proc.stderr is not None:
+                detail = proc.stderr.read(4000).decode(errors="replace").strip()
+                proc.stderr.close()
+        if self._launch is not None:
+            self._launch.cleanup()
+            self._launch = None
+        return detail.splitlines()[-1] if detail else ""
+
+    async def close(self) -> None:
+        await self._stop_process()
+
+    # --- samples ---------------------------------------------------------------------------------
+    async def run(self, task: Any, index: int = 0, timeout_s: float | None = None) -> SampleResult:
+        """Run ``solver(agent, task)`` once; never raises for workflow failures."""
+        started = time.perf_counter()
+        timeout_s = self.cfg.timeout_s if timeout_s is None else timeout_s
+        if self._proc is None or self._proc.poll() is not None:
+            if self.load_error is None and self._proc is not None:
+                self._restarts += 1
+                if self._restarts > _MAX_RESTARTS:
+                    raise InfrastructureError(f"the sandbox died {self._restarts} times; see the log for the cause")
+            if self.load_error is None:
+                await self.start()
+        if self.load_error is not None:
+            return SampleResult(index, error=dict(self.load_error), wall_seconds=time.perf_counter() - started)
+        sample = _Sample(next(self._ids))
+        self._samples[sample.sid] = sample
+        try:
+            result = await self._run_sample(sample, task, index, timeout_s, started)
+        finally:
+            self._samples.pop(sample.sid, None)
+        if self._fatal is not None:
+            raise self._fatal
+        return result
+
+    async def _run_sample(self, sample: _Sample, task, index: int, timeout_s: float, started: float) -> SampleResult:
+        loop = asyncio.get_running_loop()
+        rpc_host, rpc_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_host, out_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await self._send_ctrl({"op": "run", "id": sample.sid}, [rpc_child.fileno(), out_child.fileno()])
+        finally:
+            rpc_child.close()
+            out_child.close()
+        reader, writer = await asyncio.open_connection(sock=rpc_host)
+        out_reader, out_writer = await asyncio.open_connection(sock=out_host, limit=1 << 16)
+        output = bytearray()
+        pending: set[asyncio.Task] = set()
+        rpc_task = asyncio.create_task(self._serve_rpc(sample, reader, writer, pending))
+        out_task = asyncio.create_task(self._drain_output(out_reader, output))
+        writer.write(protocol.pack({"task": protocol.encode(task)}))
+        timed_out = False
+        try:
+            exit_info = await asyncio.wait_for(asyncio.shield(sample.exit), timeout_s)
+        except TimeoutError:
+            timed_out = True
+            await self._send_ctrl({"op": "kill", "id": sample.sid}, [])
+            try:
+                exit_info = await asyncio.wait_for(asyncio.shield(sample.exit), _EXIT_GRACE_S)
+            except TimeoutError:
+                exit_info = {"lost": True}
+        # The child is gone; give the channels a moment to deliver what it wrote, then close them.
+        await asyncio.wait({rpc_task, out_task}, timeout=1.0)
+        for task_ in (rpc_task, out_task, *pending):
+            task_.cancel()
+        await asyncio.gather(rpc_task, out_task, *pending, return_exceptions=True)
+        writer.close()
+        out_writer.close()
+        result = SampleResult(index, wall_seconds=time.perf_counter() - started, llm_calls=sample.calls)
+        result.output = output[: self.cfg.output_bytes].decode(errors="replace")
+        if len(output) > self.cfg.output_bytes:
+            result.output += f"\n[output truncated at {self.cfg.output_bytes} bytes]"
+        final = sample.final
+        if timed_out:
+            result.error = _error("TimeoutError", f"the sample ran longer than {timeout_s:g} s and was killed")
+        elif final is not None and final.get("op") == "done":
+            try:
+                result.answer = protocol.decode(final.get("answer"))
+            except protocol.ProtocolError as exc:
+                result.error = _error("AnswerError", f"the answer is not plain data: {exc}")
+        elif final is not None and final.get("op") == "failed" and isinstance(final.get("error"), dict):
+            error = final["error"]
+            result.error = {key: error.get(key) for key in ("type", "message", "line", "lineno", "traceback")}
+            result.error["type"] = str(result.error["type"] or "Error")
+        else:
+            result.error = _describe_exit(exit_info)
+        return result
+
+    async def _send_ctrl(self, message: dict, fds: list[int]) -> None:
+        data = json.dumps(message).encode()
+        async with self._send_lock:
+            for _ in range(1000):
+                if self._ctrl is None:
+                    return
+                try:
+                    socket.send_fds(self._ctrl, [data], fds)
+                    return
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+                except OSError as exc:
+                    log.warning("sandbox control channel closed: %s", exc)
+                    return
+
+    async def _drain_output(self, reader: asyncio.StreamReader, output: bytearray) -> None:
+        cap = self.cfg.output_bytes + 1
+        while True:
+            chunk = await reader.read(1 << 16)
+            if not chunk:
+                return
+            if len(output) < cap:
+                output.extend(chunk[: cap - len(output)])
+
+    async def _serve_rpc(self, sample: _Sample, reader, writer, pending: set) -> None:
+        write_lock = asyncio.Lock()
+        try:
+            while True:
+                header = await reader.readexactly(protocol.HEADER_SIZE)
+                body = await reader.readexactly(protocol.frame_length(header))
+                message = protocol.unpack(body)
+                op = message.get("op")
+                if op == "call":
+                    sample.calls += 1
+                    task = asyncio.create_task(self._answer(message, writer, write_lock))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                elif op in ("done", "failed"):
+                    sample.final = message
+        except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError) as exc:
+            if isinstance(exc, protocol.ProtocolError) and sample.final is None:
+                sample.final = {"op": "failed", "error": _error("ProtocolError", str(exc))}
+
+    async def _answer(self, message: dict, writer, write_lock: asyncio.Lock) -> None:
+        reply: dict = {"op": "reply", "id": message.get("id")}
+        method = message.get("method")
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        try:
+            if method == "call_llm":
+                value = await self.host.call_llm(params)
+            elif method == "public_tests":
+                value = await self.host.public_tests(str(params.get("task", "")), str(params.get("entry_point", "")))
+            else:
+                raise LookupError(f"unknown agent method {method!r}")
+            reply.update(ok=True, value=protocol.encode(value))
+        except InfrastructureError as exc:
+            self._fatal = exc  # the run must stop; the sample sees a refusal meanwhile
+            reply.update(ok=False, error={"type": "InfrastructureError", "message": str(exc)[:1000]})
+        except Exception as exc:  # noqa: BLE001 - reported to the workflow as an AgentError
+            reply.update(ok=False, error={"type": type(exc).__name__, "message": str(exc)[:1000]})
+        async with write_lock:
+            writer.write(protocol.pack(reply))
+            await writer.drain()
+
+    async def run_many(
+        self,
+        tasks: Iterable[Any],
+        concurrency: int = 8,
+        timeout_s: float | None = None,
+        on_result: Callable[[SampleResult], None] | None = None,
+    ) -> list[SampleResult]:
+        """Run every task with at most ``concurrency`` samples in flight; results in input order."""
+        items = list(tasks)
+        results: list[SampleResult | None] = [None] * len(items)
+        queue = iter(enumerate(items))
+
+        async def lane() -> None:
+            for index, task in queue:
+                result = await self.run(task, index=index, timeout_s=timeout_s)
+                results[index] = result
+                if on_result is not None:
+                    on_result(result)
+
+        await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(items) or 1)))))
+        return [r for r in results if r is not None]
+
+
+def _describe_exit(info: dict) -> dict:
+    if info.get("lost"):
+        return _error("SandboxError", "the sandbox ended while the sample ran")
+    sig = info.get("signal")
+    if sig is not None:
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        if sig == signal.SIGXCPU:
+            return _error("CPUTimeLimit", "the sample exceeded its CPU-time limit and was killed")
+        if sig == signal.SIGXFSZ:
+            return _error("FileSizeLimit", "the sample wrote a file larger than its limit and was killed")
+        return _error("KilledBySignal", f"the sample process died from {name}")
+    return _error("EarlyExit", f"the sample process exited (status {info.get('code')}) without returning an answer")
+
+
+def run_workflow(
+    source: str, tasks: Iterable[Any], host: AgentHost, cfg: SandboxConfig | None = None, concurrency: int = 8
+) -> list[SampleResult]:
+    """Synchronous convenience wrapper: one sandbox, every task, results in order."""
+
+    async def main() -> list[SampleResult]:
+        async with WorkflowSandbox(source, host, cfg) as box:
+            return await box.run_many(tasks, concurrency=concurrency)
+
+    return asyncio.run(main())
