@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -36,9 +37,9 @@ RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 SANDBOX_RUNTIME = "/w4s/runtime"
 SANDBOX_CODE = "/w4s/code"
 SANDBOX_SCRATCH = "/scratch"
-_UID_BASE = 200_000
-_UID_SPAN = 100_000
-_uid_counter = itertools.count((os.getpid() * 7919) % _UID_SPAN)
+_UID_BASE = 1_000_000
+_UID_SPAN_PER_SANDBOX = 10_000
+_uid_counter = itertools.count(os.getpid() * 7919)
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 
@@ -204,42 +205,39 @@ def layers(cfg: SandboxConfig) -> list[Layer]:
     ]
 
 
-def prepare(
-    cfg: SandboxConfig,
-    mode: str,
-    ctrl_fd: int,
-    files: dict[str, str],
-    extra_args: list[str] | None = None,
-) -> Launch:
-    """Build the launch of one sandbox worker running ``mode`` with ``files`` as its (read-only) code."""
+def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = None) -> Launch:
+    """Build the launch of one sandbox zygote with ``files`` as its read-only code.
+
+    ``ctrl_fd`` is the child's end of the control socket (SOCK_SEQPACKET); it is passed through.
+    """
     kind = backend(cfg)
     code_dir = tempfile.mkdtemp(prefix="w4s-code-")
     os.chmod(code_dir, 0o755)
-    for name, text in files.items():
+    for name, text in (files or {}).items():
         path = os.path.join(code_dir, name)
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.chmod(path, 0o644)
     host_dirs = [code_dir]
-    drop_uid = None
     limits = cfg.worker_limits()
+    uid_base = None
     if _is_root():
-        drop_uid = _UID_BASE + next(_uid_counter) % _UID_SPAN
+        uid_base = _UID_BASE + (next(_uid_counter) % 1000) * _UID_SPAN_PER_SANDBOX
+        limits["max_processes_shared"] = cfg.max_processes
     else:
-        limits["max_processes"] = _tasks_of_uid(os.getuid()) + cfg.max_processes
+        limits["max_processes_shared"] = _tasks_of_uid(os.getuid()) + cfg.max_processes
     python = os.path.realpath(sys.executable) if kind == "bwrap" else sys.executable
     env = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2", "HOME": SANDBOX_SCRATCH}
-    import json
-
     if kind == "bwrap":
         _, bwrap, extra = _bwrap_probe()
         runtime, code, scratch = SANDBOX_RUNTIME, SANDBOX_CODE, SANDBOX_SCRATCH
         argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc",
-                "--unshare-uts", "--unshare-cgroup-try"]
-        if mode == "workflow":
-            argv.append("--as-pid-1")
+                "--unshare-uts", "--unshare-cgroup-try", "--as-pid-1"]
         if _is_root():
-            argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+            # The zygote keeps only what it needs to give each job its own uid and clean up after it.
+            argv += ["--cap-drop", "ALL"]
+            for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
+                argv += ["--cap-add", cap]
         else:
             argv += ["--unshare-user", *extra]
         argv += _ro_system_args()
@@ -259,18 +257,16 @@ def prepare(
     else:
         runtime, code = str(RUNTIME_DIR), code_dir
         scratch = tempfile.mkdtemp(prefix="w4s-scratch-")
+        os.chmod(scratch, 0o1777)
         host_dirs.append(scratch)
-        if drop_uid is not None:
-            os.chown(scratch, drop_uid, drop_uid)
         env["HOME"] = scratch
         argv = []
         cwd = scratch
-    argv += [python, "-I", "-S", "-B", f"{runtime}/worker.py", "--mode", mode, "--ctrl-fd", str(ctrl_fd),
+    argv += [python, "-I", "-S", "-B", f"{runtime}/worker.py", "--ctrl-fd", str(ctrl_fd),
              "--code-dir", code, "--scratch", scratch, "--limits", json.dumps(limits),
              "--seccomp", "1" if cfg.seccomp else "0", "--sys-path", json.dumps(_site_dirs())]
-    if drop_uid is not None:
-        argv += ["--drop-uid", str(drop_uid)]
-    argv += extra_args or []
+    if uid_base is not None:
+        argv += ["--uid-base", str(uid_base), "--uid-span", str(_UID_SPAN_PER_SANDBOX - 1)]
     return Launch(argv=argv, env=env, cwd=cwd, pass_fds=(ctrl_fd,), host_dirs=host_dirs)
 
 

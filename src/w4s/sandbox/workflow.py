@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import itertools
-import json
 import logging
 import signal
 import socket
@@ -22,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from w4s.errors import InfrastructureError, SandboxUnavailable
-from w4s.sandbox import isolation
 from w4s.sandbox.config import SandboxConfig
+from w4s.sandbox.host import Sandbox
 from w4s.sandbox.runtime import protocol
 
 log = logging.getLogger(__name__)
 
 _MAX_RESTARTS = 3
+WORKFLOW_FILE = "workflow.py"
 _EXIT_GRACE_S = 5.0
 
 
@@ -84,8 +83,8 @@ def _error(type_name: str, message: str, **more) -> dict:
 
 
 class _Sample:
-    def __init__(self, sid: int):
-        self.sid = sid
+    def __init__(self):
+        self.job = 0
         self.exit: asyncio.Future = asyncio.get_running_loop().create_future()
         self.final: dict | None = None
         self.calls = 0
@@ -99,16 +98,9 @@ class WorkflowSandbox:
         self.host = host
         self.cfg = cfg or SandboxConfig()
         self.load_error: dict | None = None
-        self._proc = None
-        self._launch = None
-        self._ctrl: socket.socket | None = None
-        self._reader: asyncio.Task | None = None
-        self._samples: dict[int, _Sample] = {}
-        self._ids = itertools.count(1)
+        self._box: Sandbox | None = None
         self._restarts = 0
         self._fatal: InfrastructureError | None = None
-        self._start_lock = asyncio.Lock()
-        self._send_lock = asyncio.Lock()
 
     async def __aenter__(self) -> WorkflowSandbox:
         await self.start()
@@ -119,124 +111,51 @@ class WorkflowSandbox:
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
-        async with self._start_lock:
-            if self._proc is not None and self._proc.poll() is None:
-                return
-            await self._stop_process()
-            host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                self._launch = isolation.prepare(self.cfg, "workflow", child_end.fileno(), {"workflow.py": self.source})
-                self._proc = isolation.spawn(self._launch)
-            finally:
-                child_end.close()
-            host_end.setblocking(False)
-            self._ctrl = host_end
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.cfg.load_timeout_s
-            messages = []
-            for _ in range(2):
-                try:
-                    data = await asyncio.wait_for(loop.sock_recv(host_end, 65536), max(0.01, deadline - loop.time()))
-                except TimeoutError:
-                    data = None
-                if not data:
-                    break
-                messages.append(json.loads(data))
-            if not messages:
-                detail = await self._stop_process()
-                raise SandboxUnavailable(f"the sandbox failed to start: {detail or 'no output'}; run `w4s sandbox doctor`")
-            if len(messages) == 1:
-                detail = await self._stop_process()
-                self.load_error = (
-                    _error("TimeoutError", f"loading the workflow took over {self.cfg.load_timeout_s:g} s")
-                    if data is None
-                    else _error("WorkflowLoadError", f"the workflow killed its loader ({detail or 'no detail'})")
-                )
-                return
-            message = messages[1]
-            if message.get("op") == "load_error":
-                self.load_error = message["error"]
-                await self._stop_process()
-                return
-            self.load_error = None
-            self._reader = asyncio.create_task(self._read_ctrl())
-
-    async def _read_ctrl(self) -> None:
-        loop = asyncio.get_running_loop()
-        ctrl = self._ctrl
-        try:
-            while True:
-                data = await loop.sock_recv(ctrl, 65536)
-                if not data:
-                    break
-                message = json.loads(data)
-                if message.get("op") == "exit":
-                    sample = self._samples.get(message.get("id"))
-                    if sample is not None and not sample.exit.done():
-                        sample.exit.set_result(message)
-        except (OSError, ValueError) as exc:
-            log.warning("sandbox control channel failed: %s", exc)
-        for sample in self._samples.values():
-            if not sample.exit.done():
-                sample.exit.set_result({"op": "exit", "lost": True})
-
-    async def _stop_process(self) -> str:
-        detail = ""
-        if self._reader is not None:
-            self._reader.cancel()
-            self._reader = None
-        if self._ctrl is not None:
-            self._ctrl.close()
-            self._ctrl = None
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                try:
-                    proc.send_signal(signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            await asyncio.to_thread(proc.wait)
-            if proc.stderr is not None:
-                detail = proc.stderr.read(4000).decode(errors="replace").strip()
-                proc.stderr.close()
-        if self._launch is not None:
-            self._launch.cleanup()
-            self._launch = None
-        return detail.splitlines()[-1] if detail else ""
+        """Start the sandbox (in this thread: bwrap's parent-death signal follows the spawning thread)."""
+        if self._box is not None and self._box.alive:
+            return
+        if self._box is not None:
+            self._restarts += 1
+            if self._restarts > _MAX_RESTARTS:
+                raise InfrastructureError(f"the sandbox died {self._restarts} times; see the log for the cause")
+            self._box.close()
+        self._box = Sandbox(self.cfg, {WORKFLOW_FILE: self.source})
+        self.load_error = self._box.load_error
 
     async def close(self) -> None:
-        await self._stop_process()
+        if self._box is not None:
+            self._box.close()
+            self._box = None
 
     # --- samples ---------------------------------------------------------------------------------
     async def run(self, task: Any, index: int = 0, timeout_s: float | None = None) -> SampleResult:
         """Run ``solver(agent, task)`` once; never raises for workflow failures."""
         started = time.perf_counter()
         timeout_s = self.cfg.timeout_s if timeout_s is None else timeout_s
-        if self._proc is None or self._proc.poll() is not None:
-            if self.load_error is None and self._proc is not None:
-                self._restarts += 1
-                if self._restarts > _MAX_RESTARTS:
-                    raise InfrastructureError(f"the sandbox died {self._restarts} times; see the log for the cause")
-            if self.load_error is None:
-                await self.start()
+        if self._box is None or not self._box.alive:
+            await self.start()
         if self.load_error is not None:
             return SampleResult(index, error=dict(self.load_error), wall_seconds=time.perf_counter() - started)
-        sample = _Sample(next(self._ids))
-        self._samples[sample.sid] = sample
-        try:
-            result = await self._run_sample(sample, task, index, timeout_s, started)
-        finally:
-            self._samples.pop(sample.sid, None)
+        result = await self._run_sample(task, index, timeout_s, started)
         if self._fatal is not None:
             raise self._fatal
         return result
 
-    async def _run_sample(self, sample: _Sample, task, index: int, timeout_s: float, started: float) -> SampleResult:
+    async def _run_sample(self, task, index: int, timeout_s: float, started: float) -> SampleResult:
         loop = asyncio.get_running_loop()
+        sample = _Sample()
         rpc_host, rpc_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_host, out_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+        def on_exit(message: dict) -> None:
+            loop.call_soon_threadsafe(lambda: sample.exit.done() or sample.exit.set_result(message))
+
         try:
-            await self._send_ctrl({"op": "run", "id": sample.sid}, [rpc_child.fileno(), out_child.fileno()])
+            sample.job = self._box.spawn("sample", [rpc_child.fileno(), out_child.fileno()], on_exit)
+        except SandboxUnavailable:
+            rpc_host.close()
+            out_host.close()
+            raise
         finally:
             rpc_child.close()
             out_child.close()
@@ -252,7 +171,7 @@ class WorkflowSandbox:
             exit_info = await asyncio.wait_for(asyncio.shield(sample.exit), timeout_s)
         except TimeoutError:
             timed_out = True
-            await self._send_ctrl({"op": "kill", "id": sample.sid}, [])
+            self._box.kill(sample.job)
             try:
                 exit_info = await asyncio.wait_for(asyncio.shield(sample.exit), _EXIT_GRACE_S)
             except TimeoutError:
@@ -283,21 +202,6 @@ class WorkflowSandbox:
         else:
             result.error = _describe_exit(exit_info)
         return result
-
-    async def _send_ctrl(self, message: dict, fds: list[int]) -> None:
-        data = json.dumps(message).encode()
-        async with self._send_lock:
-            for _ in range(1000):
-                if self._ctrl is None:
-                    return
-                try:
-                    socket.send_fds(self._ctrl, [data], fds)
-                    return
-                except BlockingIOError:
-                    await asyncio.sleep(0.001)
-                except OSError as exc:
-                    log.warning("sandbox control channel closed: %s", exc)
-                    return
 
     async def _drain_output(self, reader: asyncio.StreamReader, output: bytearray) -> None:
         cap = self.cfg.output_bytes + 1
