@@ -143,6 +143,14 @@ def _ro_system_args() -> list[str]:
     return args
 
 
+def _world_accessible(path: str) -> bool:
+    """Can a process of another, unprivileged uid traverse to ``path`` and read it?"""
+    current = Path(path)
+    if not current.exists() or not current.stat().st_mode & 0o004:
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in current.parents)
+
+
 def _parent_dirs(targets: list[str]) -> list[str]:
     """bwrap creates missing parents as 0700; make them traversable for the unprivileged uid."""
     args: list[str] = []
@@ -255,6 +263,15 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
         argv.append("--")
         cwd = "/"
     else:
+        if _is_root():
+            hidden = [p for p in [*_python_prefixes(), str(RUNTIME_DIR)] if not _world_accessible(p)]
+            if hidden:
+                launch_dirs = Launch([], {}, "", (), host_dirs)
+                launch_dirs.cleanup()
+                raise SandboxUnavailable(
+                    f"process isolation as root runs jobs as an unprivileged uid, which cannot read {hidden[0]}; "
+                    "install bubblewrap, or use a Python installation readable by all users"
+                )
         runtime, code = str(RUNTIME_DIR), code_dir
         scratch = tempfile.mkdtemp(prefix="w4s-scratch-")
         os.chmod(scratch, 0o1777)

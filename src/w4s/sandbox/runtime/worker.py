@@ -28,6 +28,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's dir out
 
 import argparse  # noqa: E402
+import ctypes  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
@@ -49,8 +50,6 @@ _WARM_MODULES = ("re", "json", "math", "random", "collections", "itertools", "fu
 
 
 def _prctl(option: int, value: int) -> None:
-    import ctypes
-
     ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
 
 
@@ -246,6 +245,10 @@ class Zygote:
                 self.probe(rpc, message)
         except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
             status = 70
+            try:
+                traceback.print_exc()
+            except BaseException:  # noqa: BLE001 - even a broken stderr must not keep us alive
+                pass
         os._exit(status)
 
     def set_limits(self, own_uid: bool) -> None:
@@ -322,8 +325,8 @@ class Zygote:
         try:
             socket.create_connection(("127.0.0.1", int(message.get("port", 9))), timeout=1).close()
             report["network"] = "reachable"
-        except OSError as exc:
-            report["network"] = f"blocked: {exc.strerror or exc}"
+        except (OSError, LookupError) as exc:
+            report["network"] = f"blocked: {getattr(exc, 'strerror', None) or exc}"
         report["readable"] = {}
         for path in message.get("read", []):
             try:
