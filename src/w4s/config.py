@@ -24,6 +24,8 @@ T = TypeVar("T")
 
 def option(default: Any, help: str, check: Callable[[Any], bool] | None = None, why: str = "") -> Any:
     """A config field: ``check(value)`` must hold, else ``why`` tells the user what is allowed."""
+    if check is positive and not why:
+        why = "must be greater than 0"
     return dataclasses.field(default=default, metadata={"help": help, "check": check, "why": why})
 
 

@@ -137,9 +137,11 @@ def _ro_system_args() -> list[str]:
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
-    for f in _SYSTEM_FILES:
-        if os.path.exists(f):
-            args += ["--ro-bind", f, f]
+    files = [f for f in _SYSTEM_FILES if os.path.exists(f)]
+    if files:
+        args += ["--perms", "0755", "--dir", "/etc"]
+    for f in files:
+        args += ["--ro-bind", f, f]
     return args
 
 

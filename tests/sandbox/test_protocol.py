@@ -1,0 +1,90 @@
+import json
+import math
+import struct
+
+import pytest
+
+from w4s.sandbox.runtime import protocol
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None, True, False, 0, -7, 2**62 - 1, 2**200, -(2**5000), 1.5, -0.0, "text", "ünï", b"\x00\xff",
+        [1, [2, [3]]], (1, (2, "a")), {"a": 1, "b": [1, 2]}, {1: "x", (1, 2): "y", None: 3},
+        {1, 2, 3}, frozenset({"a"}), 3 + 4j, {"__w4s__": "not a tag"}, [], (), {}, set(),
+    ],
+)
+def test_round_trip_keeps_exact_types(value):
+    decoded = protocol.decode(json.loads(json.dumps(protocol.encode(value))))
+    assert decoded == value
+    assert type(decoded) is type(value)
+
+
+def test_non_finite_floats():
+    for value in (math.inf, -math.inf):
+        assert protocol.decode(protocol.encode(value)) == value
+    assert math.isnan(protocol.decode(protocol.encode(math.nan)))
+
+
+class AlwaysEqual:
+    def __eq__(self, other):
+        return True
+
+
+class LyingInt(int):
+    def __eq__(self, other):
+        return True
+
+
+class LyingStr(str):
+    def __eq__(self, other):
+        return True
+
+
+@pytest.mark.parametrize("value", [AlwaysEqual(), LyingInt(3), LyingStr("x"), [1, AlwaysEqual()],
+                                   {"k": LyingInt(1)}, object(), print, (x for x in ())])
+def test_non_plain_values_are_refused(value):
+    with pytest.raises(protocol.PlainDataError, match="is not plain data"):
+        protocol.encode(value)
+
+
+def test_depth_is_bounded_both_ways():
+    deep = []
+    for _ in range(protocol.MAX_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(protocol.PlainDataError, match="deeper"):
+        protocol.encode(deep)
+    text = "[" * 10_000 + "]" * 10_000
+    with pytest.raises(protocol.ProtocolError):
+        protocol.unpack(text.encode())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"__w4s__": "int", "v": "zz"},
+        {"__w4s__": "float", "v": "1e400x"},
+        {"__w4s__": "set", "v": [[1, 2]]},
+        {"__w4s__": "dict", "v": [[[1], 2]]},
+        {"__w4s__": "object", "v": "os.system"},
+        {"__w4s__": "bytes", "v": "xyz"},
+    ],
+)
+def test_malformed_tags_are_protocol_errors(data):
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(data)
+
+
+def test_framing_limits():
+    frame = protocol.pack({"op": "x"})
+    (length,) = struct.unpack(">I", frame[:4])
+    assert protocol.unpack(frame[4 : 4 + length]) == {"op": "x"}
+    with pytest.raises(protocol.ProtocolError, match="limit"):
+        protocol.frame_length(struct.pack(">I", protocol.MAX_FRAME + 1))
+    with pytest.raises(protocol.ProtocolError, match="malformed"):
+        protocol.unpack(b"{not json")
+    with pytest.raises(protocol.ProtocolError, match="JSON object"):
+        protocol.unpack(b"[1, 2]")
+    with pytest.raises(protocol.ProtocolError):
+        protocol.unpack(b"1" * 5000)  # int longer than Python's digit limit

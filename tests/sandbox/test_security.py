@@ -1,0 +1,409 @@
+"""Hostile workflows: each must end in exactly the contained outcome, and the host must survive.
+
+Every test runs the hostile code in a real sandbox next to a benign sample and checks both, so a
+hostile sample that took the sandbox (or its neighbours) down would fail the test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import textwrap
+import time
+
+import pytest
+
+from tests.conftest import REPO, run
+from w4s.sandbox import isolation
+
+SECRET = "sk-w4s-test-secret-0123456789"
+BENIGN = "__benign__"
+
+
+@pytest.fixture(autouse=True)
+def secret_in_host_env(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("W4S_EXECUTOR_API_KEY", SECRET)
+
+
+def hostile(body: str) -> str:
+    """A workflow whose solver runs ``body`` for the hostile task and answers 'fine' otherwise."""
+    return "import os, sys, signal, time, socket, ctypes\n\ndef solver(agent, task):\n" \
+        f"    if task == {BENIGN!r}:\n        return 'fine'\n" + textwrap.indent(textwrap.dedent(body), "    ")
+
+
+def contained(body: str, cfg, extra_tasks=0):
+    """Run the hostile body once beside benign samples; return the hostile sample's result."""
+    results = run(hostile(body), ["attack", BENIGN] + [BENIGN] * extra_tasks, cfg, concurrency=2 + extra_tasks)
+    for benign in results[1:]:
+        assert benign.answer == "fine", f"a neighbour was harmed: {benign.error}"
+    assert os.getpid() > 0  # the host process is still here, running this line
+    return results[0]
+
+
+def sandbox_uid_processes() -> list[int]:
+    """Host PIDs owned by sandbox job uids (root mode); they must all be gone after a run."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid >= isolation._UID_BASE:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+def test_environment_holds_no_secrets(cfg):
+    result = contained("return sorted(os.environ.items())", cfg)
+    assert SECRET not in repr(result.answer)
+    assert {key for key, _ in result.answer} <= {"HOME", "LANG", "PATH", "MALLOC_ARENA_MAX", "PWD"}
+
+
+def test_other_processes_environ_is_unreadable(cfg):
+    result = contained("""
+        found = []
+        for pid in os.listdir('/proc'):
+            if pid.isdigit():
+                try:
+                    found.append((pid, open(f'/proc/{pid}/environ', 'rb').read().decode(errors='replace')))
+                except OSError as exc:
+                    found.append((pid, type(exc).__name__))
+        return found
+    """, cfg)
+    assert SECRET not in repr(result.answer)
+    assert os.environ["OPENAI_API_KEY"] == SECRET  # the secret was really there to steal
+    assert all(pid != str(os.getpid()) for pid, _ in result.answer)
+    assert dict(result.answer)["1"] == "PermissionError"  # the zygote's environ belongs to another uid
+
+
+def test_host_processes_are_invisible(cfg):
+    result = contained("return sorted(int(p) for p in os.listdir('/proc') if p.isdigit())", cfg)
+    assert len(result.answer) <= 4  # zygote, this sample, its neighbour (and a finishing one)
+    assert result.answer[0] == 1
+
+
+# --- network ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+    server.settimeout(0.2)
+    yield server
+    server.close()
+
+
+def test_no_socket_to_the_hosts_loopback(cfg, listener):
+    port = listener.getsockname()[1]
+    result = contained(f"""
+        try:
+            socket.create_connection(('127.0.0.1', {port}), timeout=2)
+            return 'connected'
+        except OSError as exc:
+            return type(exc).__name__
+    """, cfg)
+    assert result.answer == "PermissionError"
+    with pytest.raises(TimeoutError):
+        listener.accept()
+
+
+def test_no_socket_of_any_family_and_no_route_out(cfg):
+    result = contained("""
+        out = []
+        for family, kind in ((socket.AF_INET, socket.SOCK_DGRAM), (socket.AF_INET6, socket.SOCK_STREAM),
+                             (socket.AF_UNIX, socket.SOCK_STREAM), (socket.AF_PACKET, socket.SOCK_RAW)):
+            try:
+                socket.socket(family, kind)
+                out.append('created')
+            except OSError as exc:
+                out.append(type(exc).__name__)
+        out.append(open('/proc/net/route').read().count('\\n'))
+        return out
+    """, cfg)
+    assert result.answer == ["PermissionError"] * 4 + [1]  # header line only: no routes at all
+
+
+def test_ctypes_socket_syscall_is_refused(cfg):
+    result = contained("""
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.socket(2, 1, 0)
+        return [fd, ctypes.get_errno()]
+    """, cfg)
+    assert result.answer == [-1, 13]  # EACCES from the seccomp filter
+
+
+# --- filesystem ------------------------------------------------------------------------------------
+
+def test_writes_outside_scratch_fail(cfg, tmp_path):
+    target = tmp_path / "pwned.txt"
+    os.chmod(tmp_path, 0o777)
+    result = contained(f"""
+        out = []
+        for path in ({str(target)!r}, '/usr/pwned', '/w4s/code/pwned', '/w4s/runtime/worker.py', '/pwned'):
+            try:
+                open(path, 'w').write('x')
+                out.append('written')
+            except OSError as exc:
+                out.append(type(exc).__name__)
+        open('mine.txt', 'w').write('scratch is writable')
+        out.append(open('mine.txt').read())
+        return out
+    """, cfg)
+    assert result.answer[:5] == ["FileNotFoundError", "OSError", "OSError", "OSError", "PermissionError"]
+    assert result.answer[5] == "scratch is writable"
+    assert not target.exists()
+
+
+def test_benchmark_files_and_project_are_unreadable(cfg, data_dir):
+    paths = [str(data_dir / "humaneval" / "test.jsonl"), str(REPO / "pyproject.toml"), "/root/.bashrc",
+             "/etc/passwd", "/etc/shadow"]
+    result = contained(f"""
+        out = []
+        for path in {paths!r}:
+            try:
+                open(path).read(10)
+                out.append('read')
+            except OSError as exc:
+                out.append(type(exc).__name__)
+        return out
+    """, cfg)
+    assert result.answer == ["FileNotFoundError"] * 5
+
+
+def test_file_size_limit(cfg):
+    result = contained("open('big.bin', 'wb').write(b'x' * (64 * 1024 * 1024))\nreturn 'wrote'", cfg)
+    # CPython ignores SIGXFSZ, so the write fails with EFBIG instead of killing the process.
+    assert result.error["type"] == "OSError" and "File too large" in result.error["message"]
+
+
+def test_filling_scratch_is_an_error_not_a_host_problem(cfg):
+    cfg.scratch_mb = 20
+    result = contained("""
+        for i in range(100):
+            open(f'f{i}.bin', 'wb').write(b'x' * (8 * 1024 * 1024))
+    """, cfg)
+    assert result.error["type"] == "OSError" and "No space left" in result.error["message"]
+
+
+# --- processes and resources -----------------------------------------------------------------------
+
+def test_fork_bomb_is_bounded_and_cleaned_up(cfg):
+    cfg.timeout_s = 4
+    result = contained("""
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """, cfg)
+    assert result.error["type"] in ("TimeoutError", "KilledBySignal")
+    time.sleep(0.5)
+    if os.geteuid() == 0:
+        assert sandbox_uid_processes() == []
+
+
+def test_thread_bomb_is_bounded(cfg):
+    result = contained("""
+        import threading
+        while True:
+            threading.Thread(target=time.sleep, args=(100,), daemon=True).start()
+    """, cfg)
+    assert result.error["type"] == "RuntimeError" and "can't start new thread" in result.error["message"]
+
+
+def test_memory_bomb_at_once(cfg):
+    result = contained("return len(bytearray(8 * 1024 ** 3))", cfg)
+    assert result.error["type"] == "MemoryError"
+
+
+def test_memory_bomb_gradual(cfg):
+    result = contained("""
+        hoard = []
+        while True:
+            hoard.append(b'x' * (50 * 1024 * 1024))
+    """, cfg)
+    assert result.error["type"] == "MemoryError"
+
+
+def test_infinite_loop_is_killed_on_time(cfg):
+    cfg.timeout_s = 1.5
+    started = time.perf_counter()
+    result = contained("while True:\n    pass", cfg)
+    assert result.error["type"] == "TimeoutError"
+    assert time.perf_counter() - started < 6
+
+
+def test_cpu_limit_kills_busy_code(cfg):
+    cfg.cpu_seconds, cfg.timeout_s = 1, 20
+    result = contained("x = 0\nwhile True:\n    x += 1", cfg)
+    assert result.error["type"] == "CPUTimeLimit"
+
+
+def test_sleeping_forever_is_killed(cfg):
+    result = contained("time.sleep(10 ** 6)", cfg)
+    assert result.error["type"] == "TimeoutError"
+
+
+def test_ignoring_sigterm_does_not_help(cfg):
+    result = contained("""
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+            signal.signal(sig, signal.SIG_IGN)
+        time.sleep(10 ** 6)
+    """, cfg)
+    assert result.error["type"] == "TimeoutError"
+
+
+def test_daemonised_children_do_not_outlive_the_sample(cfg):
+    result = contained("""
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(600)
+            os._exit(0)
+        time.sleep(0.2)
+        return 'left a daemon'
+    """, cfg)
+    assert result.answer == "left a daemon"
+    time.sleep(0.5)
+    if os.geteuid() == 0:
+        assert sandbox_uid_processes() == []
+
+
+def test_killing_the_parent_is_ignored(cfg):
+    result = contained("""
+        out = []
+        for pid in (os.getppid(), 1):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                out.append('sent')
+            except OSError as exc:
+                out.append(type(exc).__name__)
+        time.sleep(0.3)
+        return out + ['alive', os.getppid()]
+    """, cfg, extra_tasks=2)
+    # As root each job has its own uid and may not signal the zygote at all; without root the
+    # zygote is PID 1 of the namespace, which ignores SIGKILL from inside it. Either way: alive.
+    refused = "PermissionError" if os.geteuid() == 0 else "sent"
+    assert result.answer == [refused, refused, "alive", 1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="without root, jobs share one uid and can signal each other")
+def test_kill_everything_reachable_hurts_no_neighbour(cfg):
+    result = contained("""
+        if os.fork() == 0:
+            time.sleep(30)
+        os.kill(-1, signal.SIGKILL)
+        time.sleep(0.5)
+        return 'survived'
+    """, cfg, extra_tasks=2)
+    # kill(-1) reaches every process of the job's own uid except the caller: its child, no neighbour.
+    assert result.answer == "survived"
+
+
+def test_deep_recursion(cfg):
+    result = contained("def f(n):\n    return f(n + 1)\nreturn f(0)", cfg)
+    assert result.error["type"] == "RecursionError"
+
+
+def test_stack_overflow_crash_is_contained(cfg):
+    result = contained("""
+        sys.setrecursionlimit(10 ** 8)
+        nested = []
+        for _ in range(10 ** 6):
+            nested = [nested]
+        return repr(nested)
+    """, cfg)
+    assert result.error["type"] == "KilledBySignal" and "SIGSEGV" in result.error["message"]
+
+
+def test_privilege_escalation_attempts_fail(cfg):
+    result = contained("""
+        out = []
+        for attempt in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.chroot('/'),
+                        lambda: os.setgroups([0])):
+            try:
+                attempt()
+                out.append('ok')
+            except OSError as exc:
+                out.append(type(exc).__name__)
+        libc = ctypes.CDLL(None, use_errno=True)
+        out.append([libc.unshare(0x10000000), ctypes.get_errno()])  # CLONE_NEWUSER
+        out.append([libc.ptrace(16, 1, 0, 0), ctypes.get_errno()])  # PTRACE_ATTACH to the zygote
+        out.append(os.getuid() != 0)
+        return out
+    """, cfg)
+    assert result.answer == ["PermissionError"] * 4 + [[-1, 1], [-1, 1], True]
+
+
+def test_ctypes_can_only_hurt_itself(cfg):
+    result = contained("ctypes.string_at(0)", cfg)
+    assert result.error["type"] == "KilledBySignal" and "SIGSEGV" in result.error["message"]
+
+
+# --- exits and answers -----------------------------------------------------------------------------
+
+def test_os_exit_is_an_early_exit(cfg):
+    assert contained("os._exit(0)", cfg).error["type"] == "EarlyExit"
+
+
+def test_sys_exit_is_a_failure(cfg):
+    result = contained("sys.exit(0)", cfg)
+    assert result.error["type"] == "SystemExit" and result.answer is None
+
+
+def test_self_kill_is_a_failure(cfg):
+    result = contained("os.kill(os.getpid(), signal.SIGKILL)", cfg)
+    assert result.error["type"] == "KilledBySignal"
+
+
+def test_lying_answers_cannot_cross(cfg):
+    result = contained("""
+        class Liar(str):
+            def __eq__(self, other):
+                return True
+            __hash__ = str.__hash__
+        return {'answer': Liar('anything')}
+    """, cfg)
+    assert result.error["type"] == "PlainDataError" and result.answer is None
+    always = contained("""
+        class Always:
+            def __eq__(self, other):
+                return True
+        return Always()
+    """, cfg)
+    assert always.error["type"] == "PlainDataError"
+
+
+def test_forged_protocol_traffic_is_rejected(cfg):
+    result = contained("""
+        import struct
+        for fd in range(3, 20):
+            try:
+                os.write(fd, struct.pack('>I', 2 ** 31) + b'garbage')
+            except OSError:
+                pass
+        time.sleep(1)
+        return 'sent'
+    """, cfg)
+    assert result.answer is None and result.error["type"] in ("ProtocolError", "EarlyExit", "KilledBySignal")
+
+
+def test_huge_output_is_truncated(cfg):
+    cfg.output_bytes = 4096
+    result = contained("""
+        for _ in range(200):
+            print('z' * 100_000)
+        return 'done'
+    """, cfg)
+    assert result.answer == "done"
+    assert len(result.output) < 4200 and "[output truncated at 4096 bytes]" in result.output
+
+
+def test_host_is_untouched_after_the_suite():
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler)
+    assert os.environ.get("OPENAI_API_KEY") == SECRET
