@@ -75,11 +75,17 @@ def cmd_sandbox_verify_humaneval(args) -> int:
     cfg = _sandbox_config(args)
     with Progress(console=_stderr_console(), transient=True) as progress:
         bar = progress.add_task("scoring HumanEval (canonical, then wrong bodies)", total=2 * 164)
-        report = humaneval_fidelity(args.data_dir, cfg, args.concurrency, lambda _label: progress.advance(bar))
+        report = humaneval_fidelity(
+            args.data_dir, cfg, args.concurrency, lambda _label: progress.advance(bar)
+        )
     log.info(
         "canonical: %d/%d pass (%.2f s); wrong bodies: %d/%d pass (%.2f s)",
-        report["canonical"]["passed"], report["problems"], report["canonical"]["seconds"],
-        report["wrong_body"]["passed"], report["problems"], report["wrong_body"]["seconds"],
+        report["canonical"]["passed"],
+        report["problems"],
+        report["canonical"]["seconds"],
+        report["wrong_body"]["passed"],
+        report["problems"],
+        report["wrong_body"]["seconds"],
     )
     _write_json(args.json, report)
     if not report["ok"]:
@@ -107,16 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", help="also write the result as JSON to this path")
         return sub
 
-    doctor = with_sandbox_options(sandbox_commands.add_parser(
-        "doctor", help="probe which isolation layers hold on this machine"))
+    doctor = with_sandbox_options(
+        sandbox_commands.add_parser("doctor", help="probe which isolation layers hold on this machine")
+    )
     doctor.add_argument("--strict", action="store_true", help="exit 1 when any layer is missing")
     doctor.set_defaults(func=cmd_sandbox_doctor)
 
-    verify = with_sandbox_options(sandbox_commands.add_parser(
-        "verify-humaneval", help="score HumanEval's 164 canonical solutions (all must pass) and wrong bodies "
-        "(all must fail) through the sandbox scorer"))
+    verify = with_sandbox_options(
+        sandbox_commands.add_parser(
+            "verify-humaneval",
+            help="score HumanEval's 164 canonical solutions (all must pass) and wrong bodies "
+            "(all must fail) through the sandbox scorer",
+        )
+    )
     verify.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
-    verify.add_argument("--concurrency", type=int, default=None, help="answers scored at once (default 2 x CPUs)")
+    verify.add_argument(
+        "--concurrency", type=int, default=None, help="answers scored at once (default 2 x CPUs)"
+    )
     verify.set_defaults(func=cmd_sandbox_verify_humaneval)
     return parser
 

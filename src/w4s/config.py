@@ -49,7 +49,9 @@ def validate(cfg) -> None:
             raise ConfigError(f"{type(cfg).__name__}.{f.name} must be {names}, got {value!r}")
         check = f.metadata.get("check")
         if check is not None and value is not None and not check(value):
-            raise ConfigError(f"{type(cfg).__name__}.{f.name}={value!r} is invalid: {f.metadata.get('why') or f.metadata['help']}")
+            raise ConfigError(
+                f"{type(cfg).__name__}.{f.name}={value!r} is invalid: {f.metadata.get('why') or f.metadata['help']}"
+            )
 
 
 def load(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
@@ -72,7 +74,9 @@ def load(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any]
             values[key] = value
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
     cfg = cls(**values)
     validate(cfg)
     return cfg
@@ -82,9 +86,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
     """Add one ``--flag`` per field (default None: unset flags do not override YAML)."""
     for f in dataclasses.fields(cls):
         flag = "--" + prefix + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=prefix.replace("-", "_") + f.name, type=yaml.safe_load, default=None,
-                            help=f"{f.metadata.get('help', '')} (default: {f.default})")
+        parser.add_argument(
+            flag,
+            dest=prefix.replace("-", "_") + f.name,
+            type=yaml.safe_load,
+            default=None,
+            help=f"{f.metadata.get('help', '')} (default: {f.default})",
+        )
 
 
 def overrides_from(namespace: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
-    return {f.name: getattr(namespace, prefix.replace("-", "_") + f.name, None) for f in dataclasses.fields(cls)}
+    return {
+        f.name: getattr(namespace, prefix.replace("-", "_") + f.name, None) for f in dataclasses.fields(cls)
+    }

@@ -10,9 +10,31 @@ from w4s.sandbox.runtime import protocol
 @pytest.mark.parametrize(
     "value",
     [
-        None, True, False, 0, -7, 2**62 - 1, 2**200, -(2**5000), 1.5, -0.0, "text", "ünï", b"\x00\xff",
-        [1, [2, [3]]], (1, (2, "a")), {"a": 1, "b": [1, 2]}, {1: "x", (1, 2): "y", None: 3},
-        {1, 2, 3}, frozenset({"a"}), 3 + 4j, {"__w4s__": "not a tag"}, [], (), {}, set(),
+        None,
+        True,
+        False,
+        0,
+        -7,
+        2**62 - 1,
+        2**200,
+        -(2**5000),
+        1.5,
+        -0.0,
+        "text",
+        "ünï",
+        b"\x00\xff",
+        [1, [2, [3]]],
+        (1, (2, "a")),
+        {"a": 1, "b": [1, 2]},
+        {1: "x", (1, 2): "y", None: 3},
+        {1, 2, 3},
+        frozenset({"a"}),
+        3 + 4j,
+        {"__w4s__": "not a tag"},
+        [],
+        (),
+        {},
+        set(),
     ],
 )
 def test_round_trip_keeps_exact_types(value):
@@ -42,8 +64,19 @@ class LyingStr(str):
         return True
 
 
-@pytest.mark.parametrize("value", [AlwaysEqual(), LyingInt(3), LyingStr("x"), [1, AlwaysEqual()],
-                                   {"k": LyingInt(1)}, object(), print, (x for x in ())])
+@pytest.mark.parametrize(
+    "value",
+    [
+        AlwaysEqual(),
+        LyingInt(3),
+        LyingStr("x"),
+        [1, AlwaysEqual()],
+        {"k": LyingInt(1)},
+        object(),
+        print,
+        (x for x in ()),
+    ],
+)
 def test_non_plain_values_are_refused(value):
     with pytest.raises(protocol.PlainDataError, match="is not plain data"):
         protocol.encode(value)

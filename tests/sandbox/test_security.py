@@ -29,13 +29,18 @@ def secret_in_host_env(monkeypatch):
 
 def hostile(body: str) -> str:
     """A workflow whose solver runs ``body`` for the hostile task and answers 'fine' otherwise."""
-    return "import os, sys, signal, time, socket, ctypes\n\ndef solver(agent, task):\n" \
-        f"    if task == {BENIGN!r}:\n        return 'fine'\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    return (
+        "import os, sys, signal, time, socket, ctypes\n\ndef solver(agent, task):\n"
+        f"    if task == {BENIGN!r}:\n        return 'fine'\n"
+        + textwrap.indent(textwrap.dedent(body), "    ")
+    )
 
 
 def contained(body: str, cfg, extra_tasks=0):
     """Run the hostile body once beside benign samples; return the hostile sample's result."""
-    results = run(hostile(body), ["attack", BENIGN] + [BENIGN] * extra_tasks, cfg, concurrency=2 + extra_tasks)
+    results = run(
+        hostile(body), ["attack", BENIGN] + [BENIGN] * extra_tasks, cfg, concurrency=2 + extra_tasks
+    )
     for benign in results[1:]:
         assert benign.answer == "fine", f"a neighbour was harmed: {benign.error}"
     assert os.getpid() > 0  # the host process is still here, running this line
@@ -57,6 +62,7 @@ def sandbox_uid_processes() -> list[int]:
 
 # --- secrets ---------------------------------------------------------------------------------------
 
+
 def test_environment_holds_no_secrets(cfg):
     result = contained("return sorted(os.environ.items())", cfg)
     assert SECRET not in repr(result.answer)
@@ -64,7 +70,8 @@ def test_environment_holds_no_secrets(cfg):
 
 
 def test_other_processes_environ_is_unreadable(cfg):
-    result = contained("""
+    result = contained(
+        """
         found = []
         for pid in os.listdir('/proc'):
             if pid.isdigit():
@@ -73,7 +80,9 @@ def test_other_processes_environ_is_unreadable(cfg):
                 except OSError as exc:
                     found.append((pid, type(exc).__name__))
         return found
-    """, cfg)
+    """,
+        cfg,
+    )
     assert SECRET not in repr(result.answer)
     assert os.environ["OPENAI_API_KEY"] == SECRET  # the secret was really there to steal
     assert all(pid != str(os.getpid()) for pid, _ in result.answer)
@@ -88,6 +97,7 @@ def test_host_processes_are_invisible(cfg):
 
 # --- network ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def listener():
     server = socket.socket()
@@ -100,20 +110,24 @@ def listener():
 
 def test_no_socket_to_the_hosts_loopback(cfg, listener):
     port = listener.getsockname()[1]
-    result = contained(f"""
+    result = contained(
+        f"""
         try:
             socket.create_connection(('127.0.0.1', {port}), timeout=2)
             return 'connected'
         except OSError as exc:
             return type(exc).__name__
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer == "PermissionError"
     with pytest.raises(TimeoutError):
         listener.accept()
 
 
 def test_no_socket_of_any_family_and_no_route_out(cfg):
-    result = contained("""
+    result = contained(
+        """
         out = []
         for family, kind in ((socket.AF_INET, socket.SOCK_DGRAM), (socket.AF_INET6, socket.SOCK_STREAM),
                              (socket.AF_UNIX, socket.SOCK_STREAM), (socket.AF_PACKET, socket.SOCK_RAW)):
@@ -124,25 +138,32 @@ def test_no_socket_of_any_family_and_no_route_out(cfg):
                 out.append(type(exc).__name__)
         out.append(open('/proc/net/route').read().count('\\n'))
         return out
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer == ["PermissionError"] * 4 + [1]  # header line only: no routes at all
 
 
 def test_ctypes_socket_syscall_is_refused(cfg):
-    result = contained("""
+    result = contained(
+        """
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.socket(2, 1, 0)
         return [fd, ctypes.get_errno()]
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer == [-1, 13]  # EACCES from the seccomp filter
 
 
 # --- filesystem ------------------------------------------------------------------------------------
 
+
 def test_writes_outside_scratch_fail(cfg, tmp_path):
     target = tmp_path / "pwned.txt"
     os.chmod(tmp_path, 0o777)
-    result = contained(f"""
+    result = contained(
+        f"""
         out = []
         for path in ({str(target)!r}, '/usr/pwned', '/w4s/code/pwned', '/w4s/runtime/worker.py', '/pwned'):
             try:
@@ -153,16 +174,24 @@ def test_writes_outside_scratch_fail(cfg, tmp_path):
         open('mine.txt', 'w').write('scratch is writable')
         out.append(open('mine.txt').read())
         return out
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer[:5] == ["FileNotFoundError", "OSError", "OSError", "OSError", "PermissionError"]
     assert result.answer[5] == "scratch is writable"
     assert not target.exists()
 
 
 def test_benchmark_files_and_project_are_unreadable(cfg, data_dir):
-    paths = [str(data_dir / "humaneval" / "test.jsonl"), str(REPO / "pyproject.toml"), "/root/.bashrc",
-             "/etc/passwd", "/etc/shadow"]
-    result = contained(f"""
+    paths = [
+        str(data_dir / "humaneval" / "test.jsonl"),
+        str(REPO / "pyproject.toml"),
+        "/root/.bashrc",
+        "/etc/passwd",
+        "/etc/shadow",
+    ]
+    result = contained(
+        f"""
         out = []
         for path in {paths!r}:
             try:
@@ -171,7 +200,9 @@ def test_benchmark_files_and_project_are_unreadable(cfg, data_dir):
             except OSError as exc:
                 out.append(type(exc).__name__)
         return out
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer == ["FileNotFoundError"] * 5
 
 
@@ -183,24 +214,31 @@ def test_file_size_limit(cfg):
 
 def test_filling_scratch_is_an_error_not_a_host_problem(cfg):
     cfg.scratch_mb = 20
-    result = contained("""
+    result = contained(
+        """
         for i in range(100):
             open(f'f{i}.bin', 'wb').write(b'x' * (8 * 1024 * 1024))
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.error["type"] == "OSError" and "No space left" in result.error["message"]
 
 
 # --- processes and resources -----------------------------------------------------------------------
 
+
 def test_fork_bomb_is_bounded_and_cleaned_up(cfg):
     cfg.timeout_s = 4
-    result = contained("""
+    result = contained(
+        """
         while True:
             try:
                 os.fork()
             except OSError:
                 pass
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.error["type"] in ("TimeoutError", "KilledBySignal")
     time.sleep(0.5)
     if os.geteuid() == 0:
@@ -208,11 +246,14 @@ def test_fork_bomb_is_bounded_and_cleaned_up(cfg):
 
 
 def test_thread_bomb_is_bounded(cfg):
-    result = contained("""
+    result = contained(
+        """
         import threading
         while True:
             threading.Thread(target=time.sleep, args=(100,), daemon=True).start()
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.error["type"] == "RuntimeError" and "can't start new thread" in result.error["message"]
 
 
@@ -222,11 +263,14 @@ def test_memory_bomb_at_once(cfg):
 
 
 def test_memory_bomb_gradual(cfg):
-    result = contained("""
+    result = contained(
+        """
         hoard = []
         while True:
             hoard.append(b'x' * (50 * 1024 * 1024))
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.error["type"] == "MemoryError"
 
 
@@ -250,16 +294,20 @@ def test_sleeping_forever_is_killed(cfg):
 
 
 def test_ignoring_sigterm_does_not_help(cfg):
-    result = contained("""
+    result = contained(
+        """
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
             signal.signal(sig, signal.SIG_IGN)
         time.sleep(10 ** 6)
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.error["type"] == "TimeoutError"
 
 
 def test_daemonised_children_do_not_outlive_the_sample(cfg):
-    result = contained("""
+    result = contained(
+        """
         if os.fork() == 0:
             os.setsid()
             if os.fork() == 0:
@@ -267,7 +315,9 @@ def test_daemonised_children_do_not_outlive_the_sample(cfg):
             os._exit(0)
         time.sleep(0.2)
         return 'left a daemon'
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer == "left a daemon"
     time.sleep(0.5)
     if os.geteuid() == 0:
@@ -275,7 +325,8 @@ def test_daemonised_children_do_not_outlive_the_sample(cfg):
 
 
 def test_killing_the_parent_is_ignored(cfg):
-    result = contained("""
+    result = contained(
+        """
         out = []
         for pid in (os.getppid(), 1):
             try:
@@ -285,7 +336,10 @@ def test_killing_the_parent_is_ignored(cfg):
                 out.append(type(exc).__name__)
         time.sleep(0.3)
         return out + ['alive', os.getppid()]
-    """, cfg, extra_tasks=2)
+    """,
+        cfg,
+        extra_tasks=2,
+    )
     # As root each job has its own uid and may not signal the zygote at all; without root the
     # zygote is PID 1 of the namespace, which ignores SIGKILL from inside it. Either way: alive.
     refused = "PermissionError" if os.geteuid() == 0 else "sent"
@@ -294,13 +348,17 @@ def test_killing_the_parent_is_ignored(cfg):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="without root, jobs share one uid and can signal each other")
 def test_kill_everything_reachable_hurts_no_neighbour(cfg):
-    result = contained("""
+    result = contained(
+        """
         if os.fork() == 0:
             time.sleep(30)
         os.kill(-1, signal.SIGKILL)
         time.sleep(0.5)
         return 'survived'
-    """, cfg, extra_tasks=2)
+    """,
+        cfg,
+        extra_tasks=2,
+    )
     # kill(-1) reaches every process of the job's own uid except the caller: its child, no neighbour.
     assert result.answer == "survived"
 
@@ -311,18 +369,22 @@ def test_deep_recursion(cfg):
 
 
 def test_stack_overflow_crash_is_contained(cfg):
-    result = contained("""
+    result = contained(
+        """
         sys.setrecursionlimit(10 ** 8)
         nested = []
         for _ in range(10 ** 6):
             nested = [nested]
         return repr(nested)
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.error["type"] == "KilledBySignal" and "SIGSEGV" in result.error["message"]
 
 
 def test_privilege_escalation_attempts_fail(cfg):
-    result = contained("""
+    result = contained(
+        """
         out = []
         for attempt in (lambda: os.setuid(0), lambda: os.setgid(0), lambda: os.chroot('/'),
                         lambda: os.setgroups([0])):
@@ -336,7 +398,9 @@ def test_privilege_escalation_attempts_fail(cfg):
         out.append([libc.ptrace(16, 1, 0, 0), ctypes.get_errno()])  # PTRACE_ATTACH to the zygote
         out.append(os.getuid() != 0)
         return out
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer == ["PermissionError"] * 4 + [[-1, 1], [-1, 1], True]
 
 
@@ -346,6 +410,7 @@ def test_ctypes_can_only_hurt_itself(cfg):
 
 
 # --- exits and answers -----------------------------------------------------------------------------
+
 
 def test_os_exit_is_an_early_exit(cfg):
     assert contained("os._exit(0)", cfg).error["type"] == "EarlyExit"
@@ -362,25 +427,32 @@ def test_self_kill_is_a_failure(cfg):
 
 
 def test_lying_answers_cannot_cross(cfg):
-    result = contained("""
+    result = contained(
+        """
         class Liar(str):
             def __eq__(self, other):
                 return True
             __hash__ = str.__hash__
         return {'answer': Liar('anything')}
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.error["type"] == "PlainDataError" and result.answer is None
-    always = contained("""
+    always = contained(
+        """
         class Always:
             def __eq__(self, other):
                 return True
         return Always()
-    """, cfg)
+    """,
+        cfg,
+    )
     assert always.error["type"] == "PlainDataError"
 
 
 def test_forged_protocol_traffic_is_rejected(cfg):
-    result = contained("""
+    result = contained(
+        """
         import struct
         for fd in range(3, 20):
             try:
@@ -389,17 +461,22 @@ def test_forged_protocol_traffic_is_rejected(cfg):
                 pass
         time.sleep(1)
         return 'sent'
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer is None and result.error["type"] in ("ProtocolError", "EarlyExit", "KilledBySignal")
 
 
 def test_huge_output_is_truncated(cfg):
     cfg.output_bytes = 4096
-    result = contained("""
+    result = contained(
+        """
         for _ in range(200):
             print('z' * 100_000)
         return 'done'
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.answer == "done"
     assert len(result.output) < 4200 and "[output truncated at 4096 bytes]" in result.output
 

@@ -17,28 +17,35 @@ def test_call_llm_sends_the_request_and_returns_replies(cfg):
         seen.append(request)
         return [f"r{i}" for i in range(request["n"])]
 
-    source = '''
+    source = """
 def solver(agent, task):
     return agent.call_llm(task, temperature=0.3, num_of_response=3, agent_role="a solver",
                           instructions="be brief", max_completion_tokens=50)
-'''
+"""
     result = run_one(source, cfg, "2+2?", CallableHost(answer))
     assert result.error is None and result.answer == ["r0", "r1", "r2"]
     assert result.llm_calls == 1
-    assert seen == [{
-        "messages": [{"role": "user", "content": "2+2?"}], "temperature": 0.3, "n": 3, "response_format": "text",
-        "agent_role": "a solver", "instructions": "be brief", "max_completion_tokens": 50,
-    }]
+    assert seen == [
+        {
+            "messages": [{"role": "user", "content": "2+2?"}],
+            "temperature": 0.3,
+            "n": 3,
+            "response_format": "text",
+            "agent_role": "a solver",
+            "instructions": "be brief",
+            "max_completion_tokens": 50,
+        }
+    ]
 
 
 def test_json_calls_parse_and_fill_keys(cfg):
     host = CallableHost(lambda request: ['Sure: {"thinking": "t", "answer": 4} done'])
-    source = '''
+    source = """
 def solver(agent, task):
     a = agent.call_llm([{"role": "user", "content": task}], response_format="json")
     b = agent.call_json_format_llm(task, 0.0, 1, "role", ["thinking", "answer", "extra"], "go")
     return {"answer": [a, b]}
-'''
+"""
     result = run_one(source, cfg, host=host)
     assert result.answer == [[{"thinking": "t", "answer": 4}], [{"thinking": "t", "answer": 4, "extra": ""}]]
 
@@ -47,18 +54,18 @@ def test_host_errors_reach_the_workflow_as_agent_errors(cfg):
     def refuse(request):
         raise RuntimeError("budget spent")
 
-    source = '''
+    source = """
 def solver(agent, task):
     try:
         agent.call_llm(task)
     except Exception as exc:
         return type(exc).__name__ + ": " + str(exc)
-'''
+"""
     assert run_one(source, cfg, host=CallableHost(refuse)).answer == "AgentError: RuntimeError: budget spent"
 
 
 def test_execute_code_forms(cfg):
-    source = '''
+    source = """
 def solver(agent, task):
     return [
         agent.execute_code("def solution():\\n    return 6 * 7"),
@@ -68,7 +75,7 @@ def solver(agent, task):
         agent.execute_code("while True: pass", timeout=1),
         agent.execute_code("import os\\nos._exit(3)"),
     ]
-'''
+"""
     result = run_one(source, cfg)
     assert result.error is None, result.error
     assert result.answer[:4] == ["42", "10", "hi\n", "Error: ZeroDivisionError: division by zero"]
@@ -79,13 +86,13 @@ def solver(agent, task):
 def test_test_on_public_test_passes_and_repairs(cfg):
     fixed = "```python\ndef add(a, b):\n    return a + b\n```"
     host = CallableHost(lambda request: [fixed], lambda task, entry: ["assert candidate(1, 2) == 3"])
-    source = '''
+    source = """
 def solver(agent, task):
     good = agent.test_on_public_test(task, "def add(a, b):\\n    return a + b", "add")
     bad = agent.test_on_public_test(task, "def add(a, b):\\n    return a - b", "add", test_loop=2)
     worse = agent.test_on_public_test(task, "def add(a, b):\\n    return 0", "add", test_loop=1)
     return [good["result"], bad["result"], bad["solution"], worse["result"], worse["feedback"][:40]]
-'''
+"""
     result = run_one(source, cfg, host=host)
     assert result.error is None, result.error
     assert result.answer[:4] == [True, True, "def add(a, b):\n    return a + b", False]
@@ -93,7 +100,7 @@ def solver(agent, task):
 
 
 def test_text_helpers(cfg):
-    source = r'''
+    source = r"""
 def solver(agent, task):
     return [
         agent.extract_answer_str("so \\boxed{\\frac{1}{2}} it is"),
@@ -103,13 +110,13 @@ def solver(agent, task):
         agent.extract_code_block("x\n```python\ndef g():\n  pass\n```\n```python\ndef f(a):\n  return a\n```", "g"),
         agent.extract_code_block("```\nprint(1)\n```"),
     ]
-'''
+"""
     result = run_one(source, cfg)
     assert result.answer == ["\\frac{1}{2}", "1,234", "17", "4000", "def g():\n  pass", "print(1)"]
 
 
 def test_failures_are_contained_per_sample_with_the_failing_line(cfg):
-    source = '''
+    source = """
 import os
 
 def solver(agent, task):
@@ -121,7 +128,7 @@ def solver(agent, task):
         while True:
             pass
     return task.upper()
-'''
+"""
     results = run(source, ["ok", "raise", "exit", "hang", "fine"], cfg)
     assert [r.answer for r in results] == ["OK", None, None, None, "FINE"]
     assert results[1].error["type"] == "KeyError"
@@ -140,13 +147,13 @@ def test_load_errors_are_feedback_not_crashes(cfg):
 
 
 def test_samples_do_not_share_state(cfg):
-    source = '''
+    source = """
 COUNT = []
 def solver(agent, task):
     COUNT.append(task)
     open("mine.txt", "a").write(task)
     return [len(COUNT), open("mine.txt").read()]
-'''
+"""
     assert [r.answer for r in run(source, ["a", "b", "c"], cfg)] == [[1, "a"], [1, "b"], [1, "c"]]
 
 
@@ -155,13 +162,13 @@ def test_samples_run_concurrently_while_waiting_on_the_executor(cfg):
         await asyncio.sleep(0.3)
         return ["x"]
 
-    source = '''
+    source = """
 from concurrent.futures import ThreadPoolExecutor
 def solver(agent, task):
     with ThreadPoolExecutor(3) as pool:
         replies = list(pool.map(lambda i: agent.call_llm(f"q{i}")[0], range(3)))
     return "".join(replies)
-'''
+"""
     started = time.perf_counter()
     results = run(source, list(range(8)), cfg, CallableHost(slow), concurrency=8)
     elapsed = time.perf_counter() - started
@@ -173,7 +180,7 @@ def solver(agent, task):
 
 def test_output_is_captured_and_truncated(cfg):
     cfg.output_bytes = 1000
-    source = '''
+    source = """
 import sys
 def solver(agent, task):
     print("start")
@@ -181,7 +188,7 @@ def solver(agent, task):
         sys.stdout.write("y" * 1000)
     print("error text", file=sys.stderr)
     return "done"
-'''
+"""
     result = run_one(source, cfg)
     assert result.answer == "done"
     assert result.output.startswith("start\nyyy")
@@ -190,10 +197,10 @@ def solver(agent, task):
 
 
 def test_answers_cross_as_plain_data(cfg):
-    source = '''
+    source = """
 def solver(agent, task):
     return {"answer": {"t": (1, 2), "s": {3}, 4: b"x", "big": 10 ** 30}}
-'''
+"""
     assert run_one(source, cfg).answer == {"t": (1, 2), "s": {3}, 4: b"x", "big": 10**30}
 
 

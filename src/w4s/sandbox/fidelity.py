@@ -12,8 +12,12 @@ from w4s.tasks import humaneval
 WRONG_BODY = "    return None\n"
 
 
-def humaneval_fidelity(data_dir: str | Path | None = None, cfg: SandboxConfig | None = None,
-                       concurrency: int | None = None, progress=None) -> dict:
+def humaneval_fidelity(
+    data_dir: str | Path | None = None,
+    cfg: SandboxConfig | None = None,
+    concurrency: int | None = None,
+    progress=None,
+) -> dict:
     """Score all 164 canonical solutions and the same problems with a wrong body.
 
     Returns a JSON-ready report; ``ok`` is true only if all canonical pass and all wrong fail.
@@ -22,7 +26,9 @@ def humaneval_fidelity(data_dir: str | Path | None = None, cfg: SandboxConfig | 
     report: dict = {"problems": len(rows)}
     with CodeScorer(cfg) as scorer:
         for label, body in (("canonical", None), ("wrong_body", WRONG_BODY)):
-            problems = [humaneval.problem(row, row["canonical_solution"] if body is None else body) for row in rows]
+            problems = [
+                humaneval.problem(row, row["canonical_solution"] if body is None else body) for row in rows
+            ]
             started = time.perf_counter()
             scores = []
             for score in scorer.check_many(problems, concurrency):
@@ -32,11 +38,7 @@ def humaneval_fidelity(data_dir: str | Path | None = None, cfg: SandboxConfig | 
             report[label] = {
                 "passed": sum(s.passed for s in scores),
                 "seconds": round(time.perf_counter() - started, 3),
-                "unexpected": [
-                    {"id": s.id, "error": s.error}
-                    for s in scores
-                    if s.passed != (body is None)
-                ],
+                "unexpected": [{"id": s.id, "error": s.error} for s in scores if s.passed != (body is None)],
             }
     report["ok"] = report["canonical"]["passed"] == len(rows) and report["wrong_body"]["passed"] == 0
     return report

@@ -67,7 +67,9 @@ class Launch:
 
 
 def _python_prefixes() -> list[str]:
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)}
+    prefixes = {
+        os.path.realpath(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)
+    }
     prefixes.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
     # Drop nested duplicates and anything already under a system dir.
     kept = []
@@ -161,7 +163,9 @@ def _parent_dirs(targets: list[str]) -> list[str]:
         parts = Path(target).parts[1:-1]
         for depth in range(1, len(parts) + 1):
             parent = "/" + "/".join(parts[:depth])
-            if parent not in made and not any(parent == d or parent.startswith(d + "/") for d in _SYSTEM_DIRS):
+            if parent not in made and not any(
+                parent == d or parent.startswith(d + "/") for d in _SYSTEM_DIRS
+            ):
                 made.add(parent)
                 args += ["--perms", "0755", "--dir", parent]
     return args
@@ -197,19 +201,38 @@ def layers(cfg: SandboxConfig) -> list[Layer]:
 
     ns = "bubblewrap namespace" if use_bwrap else f"unavailable: {detail}"
     return [
-        Layer("network", use_bwrap or (cfg.seccomp and seccomp.supported()),
-              "network namespace (no interfaces) + seccomp" if use_bwrap else "seccomp refuses new sockets"),
+        Layer(
+            "network",
+            use_bwrap or (cfg.seccomp and seccomp.supported()),
+            "network namespace (no interfaces) + seccomp" if use_bwrap else "seccomp refuses new sockets",
+        ),
         Layer("environment", True, "cleared; only LANG, PATH and MALLOC_ARENA_MAX are set"),
         Layer("processes", use_bwrap, "PID namespace, worker is PID 1" if use_bwrap else ns),
-        Layer("filesystem", use_bwrap,
-              "only system libs, Python (read-only) and a scratch tmpfs" if use_bwrap else ns),
-        Layer("privileges", True, "drops to a dedicated unprivileged uid" if _is_root()
-              else ("user namespace, no capabilities" if use_bwrap else "runs as the current non-root user")),
-        Layer("seccomp", cfg.seccomp and seccomp.supported(),
-              "filter on (no sockets, ptrace, namespaces, mounts, bpf)" if cfg.seccomp else "disabled by config"),
-        Layer("rlimits", True,
-              f"cpu {cfg.cpu_seconds}s, memory {cfg.memory_mb} MiB, processes {cfg.max_processes}, "
-              f"file {cfg.file_size_mb} MiB, fds {cfg.open_files}"),
+        Layer(
+            "filesystem",
+            use_bwrap,
+            "only system libs, Python (read-only) and a scratch tmpfs" if use_bwrap else ns,
+        ),
+        Layer(
+            "privileges",
+            True,
+            "drops to a dedicated unprivileged uid"
+            if _is_root()
+            else ("user namespace, no capabilities" if use_bwrap else "runs as the current non-root user"),
+        ),
+        Layer(
+            "seccomp",
+            cfg.seccomp and seccomp.supported(),
+            "filter on (no sockets, ptrace, namespaces, mounts, bpf)"
+            if cfg.seccomp
+            else "disabled by config",
+        ),
+        Layer(
+            "rlimits",
+            True,
+            f"cpu {cfg.cpu_seconds}s, memory {cfg.memory_mb} MiB, processes {cfg.max_processes}, "
+            f"file {cfg.file_size_mb} MiB, fds {cfg.open_files}",
+        ),
         Layer("timeouts", True, f"SIGKILL of the process group after {cfg.timeout_s:g}s per sample"),
         Layer("output", True, f"stdout/stderr truncated at {cfg.output_bytes} bytes per sample"),
     ]
@@ -241,8 +264,17 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
     if kind == "bwrap":
         _, bwrap, extra = _bwrap_probe()
         runtime, code, scratch = SANDBOX_RUNTIME, SANDBOX_CODE, SANDBOX_SCRATCH
-        argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc",
-                "--unshare-uts", "--unshare-cgroup-try", "--as-pid-1"]
+        argv = [
+            bwrap,
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-net",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--as-pid-1",
+        ]
         if _is_root():
             # The zygote keeps only what it needs to give each job its own uid and clean up after it.
             argv += ["--cap-drop", "ALL"]
@@ -281,9 +313,25 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
         env["HOME"] = scratch
         argv = []
         cwd = scratch
-    argv += [python, "-I", "-S", "-B", f"{runtime}/worker.py", "--ctrl-fd", str(ctrl_fd),
-             "--code-dir", code, "--scratch", scratch, "--limits", json.dumps(limits),
-             "--seccomp", "1" if cfg.seccomp else "0", "--sys-path", json.dumps(_site_dirs())]
+    argv += [
+        python,
+        "-I",
+        "-S",
+        "-B",
+        f"{runtime}/worker.py",
+        "--ctrl-fd",
+        str(ctrl_fd),
+        "--code-dir",
+        code,
+        "--scratch",
+        scratch,
+        "--limits",
+        json.dumps(limits),
+        "--seccomp",
+        "1" if cfg.seccomp else "0",
+        "--sys-path",
+        json.dumps(_site_dirs()),
+    ]
     if uid_base is not None:
         argv += ["--uid-base", str(uid_base), "--uid-span", str(_UID_SPAN_PER_SANDBOX - 1)]
     return Launch(argv=argv, env=env, cwd=cwd, pass_fds=(ctrl_fd,), host_dirs=host_dirs)
@@ -303,4 +351,6 @@ def spawn(launch: Launch) -> subprocess.Popen:
         )
     except OSError as exc:
         launch.cleanup()
-        raise SandboxUnavailable(f"could not start the sandbox ({exc}); check the bwrap and Python installation") from None
+        raise SandboxUnavailable(
+            f"could not start the sandbox ({exc}); check the bwrap and Python installation"
+        ) from None

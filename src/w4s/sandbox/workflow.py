@@ -117,7 +117,9 @@ class WorkflowSandbox:
         if self._box is not None:
             self._restarts += 1
             if self._restarts > _MAX_RESTARTS:
-                raise InfrastructureError(f"the sandbox died {self._restarts} times; see the log for the cause")
+                raise InfrastructureError(
+                    f"the sandbox died {self._restarts} times; see the log for the cause"
+                )
             self._box.close()
         self._box = Sandbox(self.cfg, {WORKFLOW_FILE: self.source})
         self.load_error = self._box.load_error
@@ -135,7 +137,9 @@ class WorkflowSandbox:
         if self._box is None or not self._box.alive:
             await self.start()
         if self.load_error is not None:
-            return SampleResult(index, error=dict(self.load_error), wall_seconds=time.perf_counter() - started)
+            return SampleResult(
+                index, error=dict(self.load_error), wall_seconds=time.perf_counter() - started
+            )
         result = await self._run_sample(task, index, timeout_s, started)
         if self._fatal is not None:
             raise self._fatal
@@ -189,7 +193,9 @@ class WorkflowSandbox:
             result.output += f"\n[output truncated at {self.cfg.output_bytes} bytes]"
         final = sample.final
         if timed_out:
-            result.error = _error("TimeoutError", f"the sample ran longer than {timeout_s:g} s and was killed")
+            result.error = _error(
+                "TimeoutError", f"the sample ran longer than {timeout_s:g} s and was killed"
+            )
         elif final is not None and final.get("op") == "done":
             try:
                 result.answer = protocol.decode(final.get("answer"))
@@ -239,7 +245,9 @@ class WorkflowSandbox:
             if method == "call_llm":
                 value = await self.host.call_llm(params)
             elif method == "public_tests":
-                value = await self.host.public_tests(str(params.get("task", "")), str(params.get("entry_point", "")))
+                value = await self.host.public_tests(
+                    str(params.get("task", "")), str(params.get("entry_point", ""))
+                )
             else:
                 raise LookupError(f"unknown agent method {method!r}")
             reply.update(ok=True, value=protocol.encode(value))
@@ -286,7 +294,9 @@ def _describe_exit(info: dict) -> dict:
         if sig == signal.SIGXFSZ:
             return _error("FileSizeLimit", "the sample wrote a file larger than its limit and was killed")
         return _error("KilledBySignal", f"the sample process died from {name}")
-    return _error("EarlyExit", f"the sample process exited (status {info.get('code')}) without returning an answer")
+    return _error(
+        "EarlyExit", f"the sample process exited (status {info.get('code')}) without returning an answer"
+    )
 
 
 def run_workflow(

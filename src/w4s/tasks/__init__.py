@@ -17,5 +17,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         raise ConfigError(f"no benchmark data: pass --data-dir or set {DATA_DIR_ENV} to the datasets folder")
     path = Path(chosen).expanduser().resolve()
     if not path.is_dir():
-        raise ConfigError(f"benchmark data folder {path} does not exist; pass --data-dir or set {DATA_DIR_ENV}")
+        raise ConfigError(
+            f"benchmark data folder {path} does not exist; pass --data-dir or set {DATA_DIR_ENV}"
+        )
     return path

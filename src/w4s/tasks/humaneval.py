@@ -18,7 +18,9 @@ def load(split: str, data_dir: str | Path | None = None) -> list[dict]:
         raise ConfigError(f"unknown HumanEval split {split!r}; use one of {', '.join(SPLIT_FILES)}")
     path = resolve_data_dir(data_dir) / "humaneval" / SPLIT_FILES[split]
     if not path.is_file():
-        raise ConfigError(f"{path} is missing; point --data-dir at a folder with humaneval/{SPLIT_FILES[split]}")
+        raise ConfigError(
+            f"{path} is missing; point --data-dir at a folder with humaneval/{SPLIT_FILES[split]}"
+        )
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 

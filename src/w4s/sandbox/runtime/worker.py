@@ -27,26 +27,41 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's dir out
 
-import argparse  # noqa: E402
-import ctypes  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import selectors  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import traceback  # noqa: E402
+import argparse
+import ctypes
+import json
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import traceback
 
-import agent  # noqa: E402
-import protocol  # noqa: E402
+import agent
+import protocol
 
 WORKFLOW_FILE = "workflow.py"
 CANDIDATE_FILE = "candidate.py"
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
-_WARM_MODULES = ("re", "json", "math", "random", "collections", "itertools", "functools", "string",
-                 "typing", "concurrent.futures", "statistics", "fractions", "decimal", "heapq", "bisect")
+_WARM_MODULES = (
+    "re",
+    "json",
+    "math",
+    "random",
+    "collections",
+    "itertools",
+    "functools",
+    "string",
+    "typing",
+    "concurrent.futures",
+    "statistics",
+    "fractions",
+    "decimal",
+    "heapq",
+    "bisect",
+)
 
 
 def _prctl(option: int, value: int) -> None:
@@ -299,7 +314,9 @@ class Zygote:
         try:
             exec(compile(str(first.get("program", "")), CANDIDATE_FILE, "exec"), namespace)
         except BaseException as exc:  # noqa: BLE001 - a broken candidate is a failed answer
-            protocol.send(rpc, {"op": "load_error", "error": {"type": type(exc).__name__, "message": str(exc)[:500]}})
+            protocol.send(
+                rpc, {"op": "load_error", "error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
+            )
             return
         callables = sorted(n for n, v in list(namespace.items()) if callable(v) and not n.startswith("__"))
         protocol.send(rpc, {"op": "ready", "callables": callables})

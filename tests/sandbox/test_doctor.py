@@ -1,0 +1,87 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from w4s.sandbox import doctor, isolation
+from w4s.sandbox.config import SandboxConfig
+
+
+def test_every_layer_holds_with_bubblewrap():
+    if isolation.backend(SandboxConfig()) != "bwrap":
+        pytest.fail("bubblewrap is unusable here; .ci/run installs it (apt-get install bubblewrap)")
+    checks = {check.layer: check for check in doctor.diagnose(SandboxConfig())}
+    failing = {name: check.detail for name, check in checks.items() if not check.ok}
+    if os.geteuid() != 0:
+        failing.pop("job isolation", None)
+    assert failing == {}
+
+
+def test_required_bwrap_fails_clearly_when_missing(monkeypatch):
+    from w4s.errors import SandboxUnavailable
+
+    monkeypatch.setattr(isolation, "_bwrap_probe", lambda: (False, "bubblewrap (bwrap) is not installed", ()))
+    with pytest.raises(SandboxUnavailable, match="isolation=bwrap was required but bubblewrap"):
+        isolation.backend(SandboxConfig(isolation="bwrap"))
+
+
+def test_degraded_mode_warns_loudly(monkeypatch, caplog):
+    monkeypatch.setattr(isolation, "_bwrap_probe", lambda: (False, "bwrap cannot create namespaces here", ()))
+    isolation._warn_degraded.cache_clear()
+    assert isolation.backend(SandboxConfig()) == "process"
+    assert "SANDBOX DEGRADED: bwrap cannot create namespaces here" in caplog.text
+
+
+NON_ROOT_SCRIPT = """
+import json, sys
+sys.path[:0] = json.loads(sys.argv[1])
+from w4s.sandbox import doctor
+from w4s.sandbox.config import SandboxConfig
+print(json.dumps({c.layer: c.ok for c in doctor.diagnose(SandboxConfig(isolation=sys.argv[2]))}))
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become another user"
+)
+@pytest.mark.parametrize("isolation_mode", ["auto", "process"])
+def test_works_as_an_unprivileged_user(isolation_mode):
+    """As in a Kubernetes pod: no root, no capabilities."""
+    import json
+    import site
+
+    import w4s
+
+    python = "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else None
+    paths = [os.path.dirname(os.path.dirname(w4s.__file__)), *site.getsitepackages()]
+    readable = all(isolation._world_accessible(p) for p in paths)
+    if python is None or not readable:
+        pytest.skip("no interpreter and source tree readable by an unprivileged user on this machine")
+    done = subprocess.run(
+        [
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            python,
+            "-I",
+            "-c",
+            NON_ROOT_SCRIPT,
+            json.dumps(paths),
+            isolation_mode,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    layers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert layers["network"] and layers["environment"] and layers["privileges"] and layers["seccomp"]
+    if isolation_mode == "auto" and layers["backend"]:
+        assert layers["processes"] and layers["filesystem (read)"] and layers["filesystem (write)"]
+    assert sys.version_info >= (3, 11)
