@@ -6,6 +6,7 @@ hostile sample that took the sandbox (or its neighbours) down would fail the tes
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -484,3 +485,50 @@ def test_huge_output_is_truncated(cfg):
 def test_host_is_untouched_after_the_suite():
     assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.default_int_handler)
     assert os.environ.get("OPENAI_API_KEY") == SECRET
+
+
+def test_call_floods_are_refused_beyond_the_in_flight_cap(cfg):
+    from w4s.sandbox.workflow import MAX_CALLS_IN_FLIGHT, CallableHost
+
+    async def slow(request):
+        await asyncio.sleep(0.5)
+        return ["x"]
+
+    source = hostile("""
+        from concurrent.futures import ThreadPoolExecutor
+        def ask(i):
+            try:
+                return agent.call_llm('q')[0]
+            except Exception as exc:
+                return type(exc).__name__ + ': ' + str(exc).split(':')[0]
+        with ThreadPoolExecutor(100) as pool:
+            return sorted(set(pool.map(ask, range(100))))
+    """)
+    cfg.max_processes, cfg.memory_mb = 256, 2048  # 100 threads need their stacks
+    result = run(source, ["attack"], cfg, host=CallableHost(slow))[0]
+    assert result.answer == ["AgentError: TooManyCalls", "x"]
+    assert MAX_CALLS_IN_FLIGHT < 100
+
+
+def test_forged_error_reports_are_bounded(cfg):
+    result = contained("""
+        raise ValueError('m' * 10 ** 6)
+    """, cfg)
+    assert result.error["type"] == "ValueError" and len(result.error["message"]) <= 2000
+
+
+def test_siblings_cannot_read_each_others_scratch(cfg):
+    source = hostile("""
+        open('note.txt', 'w').write('private')
+        time.sleep(0.5)
+        seen = []
+        for entry in os.listdir('/scratch'):
+            try:
+                seen.append(open(f'/scratch/{entry}/note.txt').read())
+            except OSError as exc:
+                seen.append(type(exc).__name__)
+        return sorted(seen)
+    """)
+    results = run(source, ["a", "b"], cfg, concurrency=2)
+    if os.geteuid() == 0:
+        assert results[0].answer == ["PermissionError", "private"] and results[1].answer == results[0].answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -16,6 +17,11 @@ from w4s.sandbox.config import SandboxConfig
 log = logging.getLogger(__name__)
 
 ExitCallback = Callable[[dict], None]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 class Sandbox:
@@ -51,6 +57,8 @@ class Sandbox:
         started = json.loads(data)
         self.applied: dict = started.get("applied", {})
         self.load_error: dict | None = started.get("load_error")
+        if cfg.seccomp and self.applied.get("seccomp") != "on":
+            _warn_once(f"SANDBOX DEGRADED: the seccomp filter is not active ({self.applied.get('seccomp')})")
         host_end.settimeout(None)
         self._reader = threading.Thread(target=self._read, name="w4s-sandbox-ctrl", daemon=True)
         self._reader.start()

@@ -27,6 +27,7 @@ from w4s.sandbox.runtime import protocol
 log = logging.getLogger(__name__)
 
 _MAX_RESTARTS = 3
+MAX_CALLS_IN_FLIGHT = 64
 WORKFLOW_FILE = "workflow.py"
 _EXIT_GRACE_S = 5.0
 
@@ -202,9 +203,7 @@ class WorkflowSandbox:
             except protocol.ProtocolError as exc:
                 result.error = _error("AnswerError", f"the answer is not plain data: {exc}")
         elif final is not None and final.get("op") == "failed" and isinstance(final.get("error"), dict):
-            error = final["error"]
-            result.error = {key: error.get(key) for key in ("type", "message", "line", "lineno", "traceback")}
-            result.error["type"] = str(result.error["type"] or "Error")
+            result.error = _sanitise(final["error"])
         else:
             result.error = _describe_exit(exit_info)
         return result
@@ -228,6 +227,13 @@ class WorkflowSandbox:
                 op = message.get("op")
                 if op == "call":
                     sample.calls += 1
+                    if len(pending) >= MAX_CALLS_IN_FLIGHT:
+                        refusal = {"op": "reply", "id": message.get("id"), "ok": False, "error": {
+                            "type": "TooManyCalls",
+                            "message": f"at most {MAX_CALLS_IN_FLIGHT} agent calls may be in flight per sample"}}
+                        async with write_lock:
+                            writer.write(protocol.pack(refusal))
+                        continue
                     task = asyncio.create_task(self._answer(message, writer, write_lock))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -281,6 +287,21 @@ class WorkflowSandbox:
 
         await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(items) or 1)))))
         return [r for r in results if r is not None]
+
+
+_ERROR_FIELDS = {"type": 100, "message": 2000, "line": 500, "traceback": 4000}
+
+
+def _sanitise(error: dict) -> dict:
+    """The sample wrote this: keep only known fields, as strings of bounded length."""
+    clean: dict = {}
+    for key, limit in _ERROR_FIELDS.items():
+        value = error.get(key)
+        clean[key] = None if value is None else str(value)[:limit]
+    clean["type"] = clean["type"] or "Error"
+    lineno = error.get("lineno")
+    clean["lineno"] = lineno if type(lineno) is int else None
+    return clean
 
 
 def _describe_exit(info: dict) -> dict:

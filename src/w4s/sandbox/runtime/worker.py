@@ -233,6 +233,7 @@ class Zygote:
         try:
             job = message["id"]
             os.setsid()
+            os.umask(0o077)  # nothing a job writes is readable by its siblings
             uid = self.job_uid(job)
             if uid is not None:
                 os.setgroups([])
