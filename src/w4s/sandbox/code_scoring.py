@@ -75,6 +75,9 @@ class _Candidate:
             child_end.close()
         try:
             protocol.send(self._sock, {"program": program})
+        except protocol.ProtocolError as exc:
+            self._dead = f"the program cannot be sent: {exc}"
+            return
         except OSError:
             self._dead = "the candidate's process ended before it loaded"
             return

@@ -148,6 +148,7 @@ class WorkflowSandbox:
 
     async def _run_sample(self, task, index: int, timeout_s: float, started: float) -> SampleResult:
         loop = asyncio.get_running_loop()
+        first_frame = protocol.pack({"task": protocol.encode(task)})  # fails here, before any job starts
         sample = _Sample()
         rpc_host, rpc_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_host, out_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -170,7 +171,7 @@ class WorkflowSandbox:
         pending: set[asyncio.Task] = set()
         rpc_task = asyncio.create_task(self._serve_rpc(sample, reader, writer, pending))
         out_task = asyncio.create_task(self._drain_output(out_reader, output))
-        writer.write(protocol.pack({"task": protocol.encode(task)}))
+        writer.write(first_frame)
         timed_out = False
         try:
             exit_info = await asyncio.wait_for(asyncio.shield(sample.exit), timeout_s)

@@ -18,7 +18,10 @@ import threading
 import protocol
 
 _RUNNER = r"""
-import json, resource, sys, io, contextlib, ast
+import json, resource, sys, io, contextlib, ast, ctypes, os, signal
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the sample
+if os.getppid() == 1:
+    sys.exit(70)
 limits = json.loads(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu"], limits["cpu"] + 1))
 code = sys.stdin.read()

@@ -43,6 +43,7 @@ import protocol
 
 WORKFLOW_FILE = "workflow.py"
 CANDIDATE_FILE = "candidate.py"
+_PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _WARM_MODULES = (
@@ -234,6 +235,9 @@ class Zygote:
             job = message["id"]
             os.setsid()
             os.umask(0o077)  # nothing a job writes is readable by its siblings
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a job never outlives its zygote
+            if os.getppid() != self.me:
+                os._exit(70)
             uid = self.job_uid(job)
             if uid is not None:
                 os.setgroups([])

@@ -1,0 +1,52 @@
+"""Run by test_isolation as an unprivileged user: doctor, a few samples, and what they left behind.
+
+Usage: python nonroot_probe.py JSON_SYS_PATH ISOLATION
+"""
+
+import asyncio
+import json
+import os
+import sys
+import time
+
+sys.path[:0] = json.loads(sys.argv[1])
+
+from w4s.sandbox import doctor  # noqa: E402
+from w4s.sandbox.config import SandboxConfig  # noqa: E402
+from w4s.sandbox.workflow import CallableHost, WorkflowSandbox  # noqa: E402
+
+WORKFLOW = """
+import os, time
+def solver(agent, task):
+    if task == "daemon":
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(600)
+            os._exit(0)
+        return "left"
+    if task == "hang":
+        time.sleep(100)
+    return agent.call_llm(task)[0] + agent.execute_code("6*7")
+"""
+cfg = SandboxConfig(isolation=sys.argv[2], timeout_s=2)
+
+
+async def main():
+    async with WorkflowSandbox(WORKFLOW, CallableHost(lambda request: ["ok"]), cfg) as box:
+        return await box.run_many(["a", "daemon", "hang", "b"], concurrency=4)
+
+
+results = asyncio.run(main())
+time.sleep(1.5)
+left = [
+    p
+    for p in os.listdir("/proc")
+    if p.isdigit() and int(p) != os.getpid() and os.stat(f"/proc/{p}").st_uid == os.getuid()
+]
+report = {
+    "layers": {c.layer: c.ok for c in doctor.diagnose(cfg)},
+    "results": [[r.answer, r.error and r.error["type"]] for r in results],
+    "left": left,
+}
+sys.stdout.write(json.dumps(report) + "\n")
