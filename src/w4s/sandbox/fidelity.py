@@ -7,7 +7,7 @@ from pathlib import Path
 
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
-from w4s.tasks import humaneval
+from w4s.tasks.code import HumanEval
 
 WRONG_BODY = "    return None\n"
 
@@ -22,13 +22,12 @@ def humaneval_fidelity(
 
     Returns a JSON-ready report; ``ok`` is true only if all canonical pass and all wrong fail.
     """
-    rows = humaneval.load("validation", data_dir) + humaneval.load("test", data_dir)
+    task = HumanEval()
+    rows = task.load("validation", data_dir) + task.load("test", data_dir)
     report: dict = {"problems": len(rows)}
     with CodeScorer(cfg) as scorer:
         for label, body in (("canonical", None), ("wrong_body", WRONG_BODY)):
-            problems = [
-                humaneval.problem(row, row["canonical_solution"] if body is None else body) for row in rows
-            ]
+            problems = [task.problem(row, row.expected if body is None else body) for row in rows]
             started = time.perf_counter()
             scores = []
             for score in scorer.check_many(problems, concurrency):

@@ -229,9 +229,15 @@ class WorkflowSandbox:
                 if op == "call":
                     sample.calls += 1
                     if len(pending) >= MAX_CALLS_IN_FLIGHT:
-                        refusal = {"op": "reply", "id": message.get("id"), "ok": False, "error": {
-                            "type": "TooManyCalls",
-                            "message": f"at most {MAX_CALLS_IN_FLIGHT} agent calls may be in flight per sample"}}
+                        refusal = {
+                            "op": "reply",
+                            "id": message.get("id"),
+                            "ok": False,
+                            "error": {
+                                "type": "TooManyCalls",
+                                "message": f"at most {MAX_CALLS_IN_FLIGHT} agent calls may be in flight per sample",
+                            },
+                        }
                         async with write_lock:
                             writer.write(protocol.pack(refusal))
                         continue

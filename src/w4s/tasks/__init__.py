@@ -1,4 +1,7 @@
-"""Benchmark tasks: loading, deterministic splits and scoring (one module per benchmark)."""
+"""Benchmark tasks: loading, deterministic splits and scoring (one module per benchmark family).
+
+``get_task(name)`` returns the task; data comes from ``--data-dir`` or ``$W4S_DATA_DIR``.
+"""
 
 from __future__ import annotations
 
@@ -21,3 +24,23 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
             f"benchmark data folder {path} does not exist; pass --data-dir or set {DATA_DIR_ENV}"
         )
     return path
+
+
+def task_names() -> list[str]:
+    return sorted(_registry())
+
+
+def _registry() -> dict:
+    from w4s.tasks.code import MBPP, HumanEval
+    from w4s.tasks.drop import DROP
+    from w4s.tasks.word_problems import GSM8K, MGSM, SVAMP, GSMHard
+
+    return {cls.name: cls for cls in (HumanEval, MBPP, GSM8K, GSMHard, MGSM, SVAMP, DROP)}
+
+
+def get_task(name: str):
+    """A fresh task object for ``name``; a clear error for unknown names."""
+    registry = _registry()
+    if name not in registry:
+        raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(sorted(registry))}")
+    return registry[name]()

@@ -97,8 +97,58 @@ def _numpy_scalar(value):
     return None
 
 
-def encode(value, _depth: int = 0):
-    """Turn plain data into a JSON-compatible structure; reject everything else."""
+class Opaque:
+    """Stands on the host for a value that is not plain data (a ``re.Match``, a custom object).
+
+    It carries only the truth value and type name the sandbox claimed; it equals nothing but itself,
+    so ``assert f(x)`` and ``assert not f(x)`` behave as with the real object, and no comparison can
+    be won by it. (A candidate could claim any truth value, but it could equally return True.)
+    """
+
+    __slots__ = ("truth", "type_name")
+
+    def __init__(self, truth: bool, type_name: str):
+        self.truth = truth
+        self.type_name = type_name
+
+    def __bool__(self) -> bool:
+        return self.truth
+
+    def __repr__(self) -> str:
+        return f"<opaque {self.type_name}>"
+
+
+def _base_value(value):
+    """The builtin value inside an instance of a subclass of a builtin type, via the base's methods."""
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return bytes(memoryview(value))
+    if isinstance(value, tuple):
+        return tuple(tuple.__getitem__(value, i) for i in range(tuple.__len__(value)))
+    if isinstance(value, list):
+        return [list.__getitem__(value, i) for i in range(list.__len__(value))]
+    if isinstance(value, dict):
+        return {key: dict.__getitem__(value, key) for key in dict.keys(value)}
+    if isinstance(value, frozenset):
+        return frozenset(frozenset.__iter__(value))
+    if isinstance(value, set):
+        return set(set.__iter__(value))
+    return None
+
+
+def encode(value, _depth: int = 0, opaque: bool = False):
+    """Turn plain data into a JSON-compatible structure; reject everything else.
+
+    With ``opaque=True`` (function results in code scoring) a value that is not plain data crosses
+    as an :class:`Opaque` stand-in instead of failing. Subclasses of builtin containers and scalars
+    (``Counter``, ``OrderedDict``, ``namedtuple``, ``IntEnum`` ...) cross as their base type, read
+    through the base type's own methods, so an overridden ``__eq__`` or ``__iter__`` is dropped.
+    """
     if _depth > MAX_DEPTH:
         raise PlainDataError(f"value nests deeper than {MAX_DEPTH} levels")
     kind = type(value)
@@ -113,22 +163,31 @@ def encode(value, _depth: int = 0):
             return value
         return {_TAG: "float", "v": repr(value)}
     if kind is list:
-        return [encode(item, _depth + 1) for item in value]
+        return [encode(item, _depth + 1, opaque) for item in value]
     if kind is tuple:
-        return {_TAG: "tuple", "v": [encode(item, _depth + 1) for item in value]}
+        return {_TAG: "tuple", "v": [encode(item, _depth + 1, opaque) for item in value]}
     if kind is dict:
         if all(type(key) is str for key in value) and _TAG not in value:
-            return {key: encode(item, _depth + 1) for key, item in value.items()}
-        return {_TAG: "dict", "v": [[encode(k, _depth + 1), encode(v, _depth + 1)] for k, v in value.items()]}
+            return {key: encode(item, _depth + 1, opaque) for key, item in value.items()}
+        pairs = [[encode(k, _depth + 1, opaque), encode(v, _depth + 1, opaque)] for k, v in value.items()]
+        return {_TAG: "dict", "v": pairs}
     if kind is set or kind is frozenset:
-        return {_TAG: kind.__name__, "v": [encode(item, _depth + 1) for item in value]}
+        return {_TAG: kind.__name__, "v": [encode(item, _depth + 1, opaque) for item in value]}
     if kind is bytes:
         return {_TAG: "bytes", "v": value.hex()}
     if kind is complex:
         return {_TAG: "complex", "v": [encode(value.real), encode(value.imag)]}
     converted = _numpy_scalar(value)
+    if converted is None:
+        converted = _base_value(value)
     if converted is not None:
-        return encode(converted, _depth)
+        return encode(converted, _depth, opaque)
+    if opaque:
+        try:
+            truth = bool(value)
+        except Exception:  # noqa: BLE001 - an object whose truth raises is simply falsy here
+            truth = False
+        return {_TAG: "opaque", "v": [truth, f"{kind.__module__}.{kind.__qualname__}"[:200]]}
     raise PlainDataError(
         f"{kind.__module__}.{kind.__qualname__} is not plain data; return None, bool, int, float, "
         "str, bytes, complex, list, tuple, dict, set or frozenset"
@@ -149,20 +208,21 @@ def _hashable(value, what: str):
     return value
 
 
-def decode(data, _depth: int = 0):
-    """Inverse of :func:`encode`; produces only exact builtin types."""
+def decode(data, _depth: int = 0, opaque: bool = False):
+    """Inverse of :func:`encode`; produces only exact builtin types (and :class:`Opaque` stand-ins
+    where ``opaque`` allows them)."""
     if _depth > MAX_DEPTH:
         raise ProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
     kind = type(data)
     if data is None or kind in (bool, int, float, str):
         return data
     if kind is list:
-        return [decode(item, _depth + 1) for item in data]
+        return [decode(item, _depth + 1, opaque) for item in data]
     if kind is not dict:
         raise ProtocolError(f"unexpected JSON type {kind.__name__}")
     tag = data.get(_TAG)
     if tag is None:
-        return {key: decode(item, _depth + 1) for key, item in data.items()}
+        return {key: decode(item, _depth + 1, opaque) for key, item in data.items()}
     payload = data.get("v")
     try:
         if tag == "int":
@@ -170,16 +230,22 @@ def decode(data, _depth: int = 0):
         if tag == "float":
             return _decode_float(payload)
         if tag == "tuple":
-            return tuple(decode(item, _depth + 1) for item in payload)
+            return tuple(decode(item, _depth + 1, opaque) for item in payload)
         if tag == "dict":
-            return {_hashable(decode(k, _depth + 1), "dict key"): decode(v, _depth + 1) for k, v in payload}
+            return {
+                _hashable(decode(k, _depth + 1, opaque), "dict key"): decode(v, _depth + 1, opaque)
+                for k, v in payload
+            }
         if tag in ("set", "frozenset"):
-            items = [_hashable(decode(item, _depth + 1), "set item") for item in payload]
+            items = [_hashable(decode(item, _depth + 1, opaque), "set item") for item in payload]
             return set(items) if tag == "set" else frozenset(items)
         if tag == "bytes":
             return bytes.fromhex(payload)
+        if tag == "opaque" and opaque:
+            truth, type_name = payload
+            return Opaque(truth is True, str(type_name)[:200])
         if tag == "complex":
-            real, imag = (decode(part, _depth + 1) for part in payload)
+            real, imag = (decode(part, _depth + 1, opaque) for part in payload)
             if type(real) is not float and type(real) is not int:
                 raise ProtocolError("bad complex tag")
             return complex(real, imag)

@@ -323,8 +323,10 @@ class Zygote:
                 rpc, {"op": "load_error", "error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
             )
             return
-        callables = sorted(n for n, v in list(namespace.items()) if callable(v) and not n.startswith("__"))
-        protocol.send(rpc, {"op": "ready", "callables": callables})
+        items = list(namespace.items())
+        callables = sorted(n for n, v in items if callable(v) and not n.startswith("__"))
+        modules = {n: v.__name__ for n, v in items if type(v) is type(sys) and isinstance(v.__name__, str)}
+        protocol.send(rpc, {"op": "ready", "callables": callables, "modules": modules})
         while True:
             try:
                 message = protocol.recv(rpc)
@@ -334,7 +336,7 @@ class Zygote:
             try:
                 function = namespace[message["name"]]
                 value = function(*protocol.decode(message["args"]), **protocol.decode(message["kwargs"]))
-                reply["value"] = protocol.encode(value)
+                reply["value"] = protocol.encode(value, opaque=True)
                 reply["ok"] = True
             except BaseException as exc:  # noqa: BLE001 - reported to the host as a failed call
                 reply["ok"] = False

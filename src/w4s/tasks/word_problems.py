@@ -1,0 +1,151 @@
+"""Math word problems scored by numeric match: GSM8K, GSM-Hard, MGSM (11 languages), SVAMP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from w4s.tasks.base import Sample, Score, Task, protocol_split, require
+
+MGSM_LANGUAGES = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
+_FRACTION = re.compile(r"^\s*(-?\d+)\s*/\s*(\d+)\s*$")
+
+
+def _strip_latex(text: str) -> str:
+    boxed = text.rfind("\\boxed{")
+    if boxed >= 0:
+        depth, start = 0, boxed + len("\\boxed{")
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                if depth == 0:
+                    return text[start:i]
+                depth -= 1
+    return text
+
+
+def parse_number(answer: Any) -> float | None:
+    """The number an answer states: plain numbers, '$1,234.00', '18 dollars', '\\boxed{3/4}',
+    '#### 42', 'The answer is 7.'; the last number in free text."""
+    if type(answer) is bool or answer is None:
+        return None
+    if isinstance(answer, int | float):
+        return float(answer) if math.isfinite(answer) else None
+    if isinstance(answer, list | tuple) and len(answer) == 1:
+        return parse_number(answer[0])
+    if not isinstance(answer, str):
+        return None
+    text = _strip_latex(answer).replace("\\frac{", "").replace("}{", "/").replace("\\!", "")
+    text = text.replace("{", "").replace("}", "")
+    for marker in ("####", "answer is", "Answer:", "answer:"):
+        if marker in text:
+            text = text.rsplit(marker, 1)[1]
+            break
+    text = text.replace("$", "").replace("€", "").replace("£", "").replace("%", "")
+    fraction = _FRACTION.match(text.strip().rstrip("."))
+    if fraction:
+        return int(fraction.group(1)) / int(fraction.group(2))
+    numbers = _NUMBER.findall(text)
+    if not numbers:
+        return None
+    token = numbers[-1].replace(",", "")
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def numbers_match(answer: Any, expected: float) -> Score:
+    value = parse_number(answer)
+    if value is None:
+        return Score(0.0, "no number in the answer")
+    ok = math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-4)  # float noise only, never rounding
+    return Score(1.0 if ok else 0.0)
+
+
+class _MathTask(Task):
+    family = "math"
+
+    def score(self, sample: Sample, answer: Any) -> Score:
+        return numbers_match(answer, float(sample.expected))
+
+    def _load(self, split: str, data_dir: Path) -> list[Sample]:
+        return protocol_split(self._all(data_dir), split)
+
+    def _all(self, data_dir: Path) -> list[Sample]:
+        raise NotImplementedError
+
+
+_MATH_DESCRIPTION = (
+    "{what} The workflow receives the problem as `task` and must return {{'answer': X}} where X is the "
+    "final numeric answer (a number, or a string holding only the number). Scoring is numeric match."
+)
+
+
+class GSM8K(_MathTask):
+    name = "gsm8k"
+    description = _MATH_DESCRIPTION.format(what="Grade-school math word problems (GSM8K), 2 to 8 steps each.")
+
+    def _all(self, data_dir: Path) -> list[Sample]:
+        path = require(data_dir / "gsm8k" / "test.jsonl")
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [
+            Sample(
+                f"gsm8k/{i}",
+                row["question"],
+                float(row["answer"].rsplit("####", 1)[1].replace(",", "").strip()),
+            )
+            for i, row in enumerate(rows)
+        ]
+
+
+class GSMHard(_MathTask):
+    name = "gsm_hard"
+    description = _MATH_DESCRIPTION.format(
+        what="GSM-Hard: GSM8K problems with large, unusual numbers; exact arithmetic matters."
+    )
+
+    def _all(self, data_dir: Path) -> list[Sample]:
+        path = require(data_dir / "gsm_hard" / "gsmhardv2.jsonl")
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [Sample(f"gsm_hard/{i}", row["input"], float(row["target"])) for i, row in enumerate(rows)]
+
+
+class MGSM(_MathTask):
+    name = "mgsm"
+    description = _MATH_DESCRIPTION.format(
+        what="MGSM: GSM8K problems translated into 11 languages (bn, de, en, es, fr, ja, ru, sw, te, th, zh)."
+    )
+
+    def _all(self, data_dir: Path) -> list[Sample]:
+        samples = []
+        for lang in MGSM_LANGUAGES:
+            path = require(data_dir / "mgsm" / f"mgsm_{lang}.tsv")
+            with path.open(encoding="utf-8", newline="") as handle:
+                for i, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)):
+                    samples.append(
+                        Sample(f"mgsm/{lang}/{i}", row[0], float(row[1].replace(",", "")), {"lang": lang})
+                    )
+        return samples
+
+
+class SVAMP(_MathTask):
+    name = "svamp"
+    description = _MATH_DESCRIPTION.format(
+        what="SVAMP: one-step arithmetic word problems with distracting variations."
+    )
+
+    def _all(self, data_dir: Path) -> list[Sample]:
+        rows = json.loads(require(data_dir / "svamp" / "SVAMP.json").read_text(encoding="utf-8"))
+        return [
+            Sample(
+                f"svamp/{row['ID']}", f"{row['Body'].strip()} {row['Question'].strip()}", float(row["Answer"])
+            )
+            for row in rows
+        ]
