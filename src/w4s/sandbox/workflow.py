@@ -102,6 +102,7 @@ class WorkflowSandbox:
         self._box: Sandbox | None = None
         self._restarts = 0
         self._fatal: InfrastructureError | None = None
+        self._stopping = asyncio.Event()
 
     async def __aenter__(self) -> WorkflowSandbox:
         await self.start()
@@ -124,6 +125,7 @@ class WorkflowSandbox:
             self._box.close()
         self._box = Sandbox(self.cfg, {WORKFLOW_FILE: self.source})
         self.load_error = self._box.load_error
+        self._stopping = asyncio.Event()
 
     async def close(self) -> None:
         if self._box is not None:
@@ -165,30 +167,48 @@ class WorkflowSandbox:
         finally:
             rpc_child.close()
             out_child.close()
-        reader, writer = await asyncio.open_connection(sock=rpc_host)
-        out_reader, out_writer = await asyncio.open_connection(sock=out_host, limit=1 << 16)
         output = bytearray()
         pending: set[asyncio.Task] = set()
-        rpc_task = asyncio.create_task(self._serve_rpc(sample, reader, writer, pending))
-        out_task = asyncio.create_task(self._drain_output(out_reader, output))
-        writer.write(first_frame)
         timed_out = False
+        writer = out_writer = None
+        rpc_task = out_task = None
         try:
-            exit_info = await asyncio.wait_for(asyncio.shield(sample.exit), timeout_s)
-        except TimeoutError:
-            timed_out = True
-            self._box.kill(sample.job)
+            reader, writer = await asyncio.open_connection(sock=rpc_host)
+            out_reader, out_writer = await asyncio.open_connection(sock=out_host, limit=1 << 16)
+            rpc_task = asyncio.create_task(self._serve_rpc(sample, reader, writer, pending))
+            out_task = asyncio.create_task(self._drain_output(out_reader, output))
+            writer.write(first_frame)
+            stop = asyncio.ensure_future(self._stopping.wait())
             try:
-                exit_info = await asyncio.wait_for(asyncio.shield(sample.exit), _EXIT_GRACE_S)
-            except TimeoutError:
-                exit_info = {"lost": True}
-        # The child is gone; give the channels a moment to deliver what it wrote, then close them.
-        await asyncio.wait({rpc_task, out_task}, timeout=1.0)
-        for task_ in (rpc_task, out_task, *pending):
-            task_.cancel()
-        await asyncio.gather(rpc_task, out_task, *pending, return_exceptions=True)
-        writer.close()
-        out_writer.close()
+                done, _ = await asyncio.wait(
+                    {sample.exit, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stop.cancel()
+            if sample.exit not in done:
+                timed_out = not self._stopping.is_set()
+                self._box.kill(sample.job)
+                try:
+                    await asyncio.wait_for(asyncio.shield(sample.exit), _EXIT_GRACE_S)
+                except TimeoutError:
+                    pass
+            exit_info = sample.exit.result() if sample.exit.done() else {"lost": True}
+            # The child is gone; give the channels a moment to deliver what it wrote.
+            await asyncio.wait({rpc_task, out_task}, timeout=1.0)
+        finally:
+            if not sample.exit.done():  # cancelled: the job must not outlive its caller
+                self._box.kill(sample.job)
+            for task_ in (rpc_task, out_task, *pending):
+                if task_ is not None:
+                    task_.cancel()
+            await asyncio.gather(
+                *(t for t in (rpc_task, out_task, *pending) if t is not None), return_exceptions=True
+            )
+            for stream in (writer, out_writer):
+                if stream is not None:
+                    stream.close()
+            rpc_host.close()
+            out_host.close()
         result = SampleResult(index, wall_seconds=time.perf_counter() - started, llm_calls=sample.calls)
         result.output = output[: self.cfg.output_bytes].decode(errors="replace")
         if len(output) > self.cfg.output_bytes:
@@ -265,7 +285,8 @@ class WorkflowSandbox:
                 raise LookupError(f"unknown agent method {method!r}")
             reply.update(ok=True, value=protocol.encode(value))
         except InfrastructureError as exc:
-            self._fatal = exc  # the run must stop; the sample sees a refusal meanwhile
+            self._fatal = exc  # the run must stop: every sample in flight is ended now
+            self._stopping.set()
             reply.update(ok=False, error={"type": "InfrastructureError", "message": str(exc)[:1000]})
         except Exception as exc:  # noqa: BLE001 - reported to the workflow as an AgentError
             reply.update(ok=False, error={"type": type(exc).__name__, "message": str(exc)[:1000]})
@@ -292,8 +313,19 @@ class WorkflowSandbox:
                 if on_result is not None:
                     on_result(result)
 
-        await asyncio.gather(*(lane() for _ in range(max(1, min(concurrency, len(items) or 1)))))
+        # A TaskGroup ends every lane as soon as one raises (an infrastructure failure).
+        try:
+            async with asyncio.TaskGroup() as group:
+                for _ in range(max(1, min(concurrency, len(items) or 1))):
+                    group.create_task(lane())
+        except BaseExceptionGroup as failures:
+            raise _first_leaf(failures) from None
         return [r for r in results if r is not None]
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 _ERROR_FIELDS = {"type": 100, "message": 2000, "line": 500, "traceback": 4000}

@@ -1,0 +1,220 @@
+"""Run a workflow on a split of a task: answers from the sandbox, scores on the host, usage from the
+gateway. This is the environment of the W4S decision process."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from w4s.config import option, positive
+from w4s.llm.gateway import Gateway
+from w4s.llm.limits import Budget, Usage
+from w4s.sandbox.code_scoring import CodeScorer
+from w4s.sandbox.config import SandboxConfig
+from w4s.sandbox.workflow import SampleResult, WorkflowSandbox
+from w4s.tasks.base import Sample, Task
+
+
+@dataclass
+class EvaluationConfig:
+    split: str = option(
+        "validation", "which split to score", lambda v: v in ("validation", "test"), "use validation or test"
+    )
+    limit: int | None = option(None, "score at most this many samples (a seeded subset)", positive)
+    seed: int = option(0, "seed of the subset chosen by --limit (never the clock)")
+    concurrency: int = option(8, "samples running at once", positive)
+    timeout_s: float = option(60.0, "wall-clock limit per sample, enforced by SIGKILL", positive)
+    budget_usd: float | None = option(None, "stop cleanly once the executor cost reaches this", positive)
+    budget_calls: int | None = option(None, "stop cleanly after this many executor calls", positive)
+    budget_tokens: int | None = option(None, "stop cleanly after this many executor tokens", positive)
+
+
+@dataclass
+class SampleOutcome:
+    id: str
+    score: float
+    answer: Any
+    error: str | None
+    error_line: str | None = None
+    wall_seconds: float = 0.0
+    llm_calls: int = 0
+    output: str = ""
+    not_run: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "score": self.score,
+            "answer": to_json(self.answer),
+            "error": self.error,
+            "error_line": self.error_line,
+            "wall_seconds": round(self.wall_seconds, 4),
+            "llm_calls": self.llm_calls,
+            "not_run": self.not_run,
+        }
+
+
+@dataclass
+class EvaluationResult:
+    task: str
+    split: str
+    workflow: str
+    score: float
+    samples: list[SampleOutcome]
+    usage: Usage
+    wall_seconds: float
+    budget_exhausted: str | None = None
+    executor: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        run = [s for s in self.samples if not s.not_run]
+        return {
+            "task": self.task,
+            "split": self.split,
+            "workflow": self.workflow,
+            "executor": self.executor,
+            "score": round(self.score, 6),
+            "samples_total": len(self.samples),
+            "samples_run": len(run),
+            "samples_failed": sum(1 for s in run if s.error and s.score == 0),
+            "budget_exhausted": self.budget_exhausted,
+            "samples": [s.to_dict() for s in self.samples],
+            "usage": self.usage.to_dict(),
+            "wall_seconds": round(self.wall_seconds, 3),
+        }
+
+
+def to_json(value: Any) -> Any:
+    """Plain data as JSON: tuples and sets become lists, bytes hex, other scalars their repr."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((to_json(v) for v in value), key=repr)
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, str) else k: to_json(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.hex()
+    return repr(value)
+
+
+def select(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
+    """A deterministic subset: ``limit`` samples drawn with ``seed``, kept in split order."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    chosen = sorted(random.Random(seed).sample(range(len(samples)), limit))
+    return [samples[i] for i in chosen]
+
+
+class _TaskHost:
+    """What the workflow's agent reaches: the gateway, plus the visible tests of code tasks."""
+
+    def __init__(self, gateway: Gateway, task: Task, samples: list[Sample]):
+        self.gateway = gateway
+        self.task = task
+        self.by_text = {s.task: s for s in samples}
+
+    async def call_llm(self, request: dict) -> list[str]:
+        return await self.gateway.call_llm(request)
+
+    async def public_tests(self, task: str, entry_point: str) -> list[str]:
+        sample = self.by_text.get(task)
+        if sample is None:
+            raise LookupError("pass the task text you received to test_on_public_test")
+        return self.task.public_tests(sample)
+
+
+async def evaluate(
+    source: str,
+    task: Task,
+    gateway: Gateway,
+    cfg: EvaluationConfig | None = None,
+    *,
+    sandbox: SandboxConfig | None = None,
+    data_dir: str | Path | None = None,
+    samples: list[Sample] | None = None,
+    workflow_label: str = "workflow",
+    on_sample: Callable[[SampleOutcome], None] | None = None,
+) -> EvaluationResult:
+    """Score ``source`` on ``cfg.split`` of ``task``. Raises only for infrastructure failures."""
+    cfg = cfg or EvaluationConfig()
+    sandbox = sandbox or SandboxConfig(timeout_s=cfg.timeout_s)
+    chosen = samples if samples is not None else select(task.load(cfg.split, data_dir), cfg.limit, cfg.seed)
+    budget = gateway.start_budget(Budget(cfg.budget_calls, cfg.budget_tokens, cfg.budget_usd))
+    started = time.perf_counter()
+    outcomes: list[SampleOutcome | None] = [None] * len(chosen)
+    scorer = None
+    if task.family == "code":
+        scorer = CodeScorer(sandbox)  # created here: its sandbox follows this thread's lifetime
+        task.use_scorer(scorer)
+    try:
+        async with WorkflowSandbox(source, _TaskHost(gateway, task, chosen), sandbox) as box:
+            queue = iter(range(len(chosen)))
+
+            async def lane() -> None:
+                for index in queue:
+                    if budget.exhausted:
+                        outcomes[index] = SampleOutcome(
+                            chosen[index].id, 0.0, None, f"not run: {budget.exhausted}", not_run=True
+                        )
+                        continue
+                    result = await box.run(chosen[index].task, index=index, timeout_s=cfg.timeout_s)
+                    outcome = await _score(task, chosen[index], result)
+                    outcomes[index] = outcome
+                    if on_sample is not None:
+                        on_sample(outcome)
+
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(max(1, min(cfg.concurrency, len(chosen)))):
+                        group.create_task(lane())
+            except BaseExceptionGroup as failures:
+                raise failures.exceptions[0] from None
+    finally:
+        if scorer is not None:
+            scorer.close()
+    final = [o for o in outcomes if o is not None]
+    score = sum(o.score for o in final) / len(final) if final else 0.0
+    return EvaluationResult(
+        task=task.name,
+        split=cfg.split,
+        workflow=workflow_label,
+        score=score,
+        samples=final,
+        usage=budget.usage,
+        wall_seconds=time.perf_counter() - started,
+        budget_exhausted=budget.exhausted if any(o.not_run for o in final) else None,
+        executor=gateway.model,
+    )
+
+
+async def _score(task: Task, sample: Sample, result: SampleResult) -> SampleOutcome:
+    outcome = SampleOutcome(
+        sample.id,
+        0.0,
+        result.answer,
+        None,
+        wall_seconds=result.wall_seconds,
+        llm_calls=result.llm_calls,
+        output=result.output,
+    )
+    if result.error is not None:
+        outcome.error = f"{result.error['type']}: {result.error.get('message') or ''}".rstrip(": ")
+        outcome.error_line = result.error.get("line")
+        return outcome
+    scored = (
+        await asyncio.to_thread(task.score, sample, result.answer)
+        if task.family == "code"
+        else task.score(sample, result.answer)
+    )
+    outcome.score = scored.value
+    if scored.value == 0 and scored.error:
+        outcome.error = scored.error
+    return outcome

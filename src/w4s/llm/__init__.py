@@ -1,0 +1,1 @@
+"""The executor side: the gateway (key, budget, cache, retries, limits, usage) and its backends."""

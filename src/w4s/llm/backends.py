@@ -1,0 +1,154 @@
+"""Backends behind the gateway: an OpenAI-compatible HTTP endpoint (the local model lives in
+:mod:`w4s.llm.local`). A backend makes one request; retries, caching and accounting are the
+gateway's."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import openai
+
+from w4s.errors import InfrastructureError
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+@dataclass
+class Completion:
+    texts: list[str]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Retryable(Exception):
+    """A transient failure (429, 5xx, timeout, malformed reply): try again after ``retry_after``."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class Unreachable(Exception):
+    """The endpoint refuses or drops connections."""
+
+
+class Rejected(Exception):
+    """The endpoint refused this request (400, 422, content filter): the workflow's problem."""
+
+
+class Backend(Protocol):
+    model: str
+
+    async def generate(
+        self,
+        messages: list[dict],
+        *,
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        json_mode: bool,
+        seed: int | None,
+    ) -> Completion: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _retry_after(response) -> float | None:
+    if response is None:
+        return None
+    headers = response.headers
+    if headers.get("retry-after-ms"):
+        try:
+            return float(headers["retry-after-ms"]) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible chat completions endpoint (OpenAI, vLLM, llama.cpp, Ollama, ...)."""
+
+    def __init__(self, model: str, base_url: str, api_key: str | None, timeout_s: float):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self._official = self.base_url.startswith(OPENAI_URL)
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key or "unused", base_url=self.base_url, max_retries=0, timeout=timeout_s
+        )
+
+    async def generate(
+        self,
+        messages: list[dict],
+        *,
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        json_mode: bool,
+        seed: int | None,
+    ) -> Completion:
+        kwargs: dict = {"model": self.model, "messages": messages, "n": n, "temperature": temperature}
+        kwargs["max_completion_tokens" if self._official else "max_tokens"] = max_tokens
+        if seed is not None:
+            kwargs["seed"] = seed
+        if json_mode:
+            kwargs["response_format"] = {"type": "json_object"}
+        try:
+            response = await self.client.chat.completions.create(**kwargs)
+        except openai.RateLimitError as exc:
+            raise Retryable("rate limited (429)", _retry_after(exc.response)) from None
+        except openai.APITimeoutError:
+            raise Retryable("the request timed out") from None
+        except openai.APIConnectionError as exc:
+            raise Unreachable(str(exc.__cause__ or exc)) from None
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+            raise InfrastructureError(
+                f"the executor at {self.base_url} rejected the API key ({exc.status_code}); "
+                "set W4S_EXECUTOR_API_KEY or OPENAI_API_KEY"
+            ) from None
+        except openai.NotFoundError:
+            raise InfrastructureError(
+                f"model {self.model!r} was not found at {self.base_url}; check --executor-model and the base URL"
+            ) from None
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            raise Rejected(f"the executor refused the request ({exc.status_code}): {_brief(exc)}") from None
+        except openai.APIStatusError as exc:
+            raise Retryable(f"server error ({exc.status_code})", _retry_after(exc.response)) from None
+        except (openai.APIResponseValidationError, ValueError) as exc:
+            raise Retryable(f"malformed reply: {type(exc).__name__}") from None
+        choices = getattr(response, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise Retryable("malformed reply: no choices")
+        try:
+            ordered = sorted(choices, key=lambda c: c.index or 0)
+            texts = [c.message.content or "" for c in ordered]
+        except (AttributeError, TypeError):
+            raise Retryable("malformed reply: choices without messages") from None
+        usage = getattr(response, "usage", None)
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            prompt = sum(_estimate_tokens(str(m.get("content", ""))) for m in messages)
+            completion = sum(_estimate_tokens(t) for t in texts)
+        return Completion(texts, prompt, completion)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _brief(exc: Exception) -> str:
+    message = getattr(exc, "message", None) or str(exc)
+    return message.splitlines()[0][:300]

@@ -1,0 +1,231 @@
+"""The gateway: the only holder of the executor's key, and the host side of every ``agent.call_llm``.
+
+It adds what workflows must not control: the response cache, retries with jittered backoff that
+honour ``Retry-After``, client-side rate limits and a global concurrency cap, the evaluation's
+budget, filling in choices when a server ignores ``n``, and usage and cost accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from pathlib import Path
+
+from w4s.errors import ConfigError, InfrastructureError
+from w4s.llm.backends import OPENAI_URL, Backend, Completion, OpenAIBackend, Rejected, Retryable, Unreachable
+from w4s.llm.cache import ResponseCache, request_key
+from w4s.llm.config import GatewayConfig
+from w4s.llm.limits import Budget, RateLimiter, Usage
+from w4s.llm.pricing import PriceTable
+
+log = logging.getLogger(__name__)
+
+_MAX_RETRY_AFTER_S = 300.0
+
+
+def default_cache_path() -> Path:
+    root = os.environ.get("W4S_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "w4s")
+    return Path(root) / "llm-cache.sqlite"
+
+
+def api_key_from_env(names: str) -> str | None:
+    for name in (n.strip() for n in names.split(",")):
+        if name and os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def make_backend(cfg: GatewayConfig) -> Backend:
+    if cfg.model.startswith("local:"):
+        from w4s.llm.local import LocalBackend
+
+        return LocalBackend(cfg.model, batch_size=cfg.local_batch_size)
+    base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    key = api_key_from_env(cfg.api_key_env)
+    if key is None and base_url.startswith(OPENAI_URL):
+        raise ConfigError(f"no API key for {base_url}: set one of {cfg.api_key_env.replace(',', ', ')}")
+    return OpenAIBackend(cfg.model, base_url, key, cfg.timeout_s)
+
+
+def build_messages(request: dict) -> list[dict]:
+    """The chat messages of an ``agent.call_llm`` request, with its role and instructions as system text."""
+    messages = [dict(m) for m in request.get("messages") or []]
+    system = []
+    if request.get("agent_role"):
+        system.append(f"You are {request['agent_role']}.")
+    if request.get("instructions"):
+        system.append(str(request["instructions"]))
+    if system:
+        if messages and messages[0].get("role") == "system":
+            messages[0]["content"] = "\n\n".join([*system, messages[0].get("content", "")])
+        else:
+            messages.insert(0, {"role": "system", "content": "\n\n".join(system)})
+    return messages
+
+
+class Gateway:
+    """Answers chat requests for one model; shared by every sample of a run.
+
+    ``budget`` is the current evaluation's; swap it with :meth:`start_budget` between evaluations.
+    ``usage`` accumulates over the gateway's life.
+    """
+
+    def __init__(self, cfg: GatewayConfig | None = None, backend: Backend | None = None):
+        self.cfg = cfg or GatewayConfig()
+        self.backend = backend or make_backend(self.cfg)
+        self.model = self.cfg.model
+        self.prices = PriceTable.load(self.cfg.prices_path)
+        self.cache = (
+            None
+            if self.cfg.cache_path == "off"
+            else ResponseCache(self.cfg.cache_path or default_cache_path())
+        )
+        self.usage = Usage()
+        self.budget = Budget()
+        self._requests = RateLimiter(self.cfg.requests_per_minute)
+        self._tokens = RateLimiter(self.cfg.tokens_per_minute)
+        self._slots: asyncio.Semaphore | None = None
+
+    def start_budget(self, budget: Budget) -> Budget:
+        self.budget = budget
+        return budget
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+        if self.cache is not None:
+            self.cache.close()
+
+    # --- the AgentHost side ----------------------------------------------------------------------
+    async def call_llm(self, request: dict) -> list[str]:
+        n = int(request.get("n") or 1)
+        if not 1 <= n <= 32:
+            raise ValueError("num_of_response must be between 1 and 32")
+        max_tokens = request.get("max_completion_tokens") or self.cfg.max_completion_tokens
+        return await self.chat(
+            build_messages(request),
+            n=n,
+            temperature=float(request.get("temperature", 1.0)),
+            max_tokens=int(max_tokens),
+            json_mode=request.get("response_format") == "json",
+        )
+
+    async def public_tests(self, task: str, entry_point: str) -> list[str]:
+        raise LookupError("this evaluation has no public tests")
+
+    # --- chat ------------------------------------------------------------------------------------
+    async def chat(
+        self,
+        messages: list[dict],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        max_tokens: int | None = None,
+        json_mode: bool = False,
+    ) -> list[str]:
+        """``n`` completions, from the cache where it has them; the rest from the backend."""
+        max_tokens = max_tokens or self.cfg.max_completion_tokens
+        params = {
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "json": json_mode,
+            "seed": self.cfg.seed,
+        }
+        key = request_key(self.model, messages, params)
+        texts: dict[int, str] = self.cache.get(key, n) if self.cache is not None else {}
+        if len(texts) == n:
+            self.usage.cached_calls += 1
+            self.budget.usage.cached_calls += 1
+            return [texts[i] for i in range(n)]
+        missing = [i for i in range(n) if i not in texts]
+        first = await self._request(messages, len(missing), temperature, max_tokens, json_mode, self.cfg.seed)
+        self._store(key, texts, missing[: len(first.texts)], first.texts)
+        missing = missing[len(first.texts) :]
+        if missing:
+            # The server ignored n (llama.cpp, `transformers serve`): ask for the rest one by one,
+            # each with its own seed so that seeded servers do not repeat the same sample.
+            seeds = [None if self.cfg.seed is None else self.cfg.seed + i for i in missing]
+            extra = await asyncio.gather(
+                *(self._request(messages, 1, temperature, max_tokens, json_mode, seed) for seed in seeds)
+            )
+            for index, completion in zip(missing, extra, strict=True):
+                self._store(key, texts, [index], completion.texts[:1])
+        return [texts[i] for i in range(n)]
+
+    def _store(self, key: str, texts: dict[int, str], indices: list[int], values: list[str]) -> None:
+        for index, value in zip(indices, values, strict=False):
+            texts[index] = value
+            if self.cache is not None:
+                self.cache.put(key, index, [value], 0, 0)
+
+    async def _request(
+        self,
+        messages: list[dict],
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        json_mode: bool,
+        seed: int | None,
+    ) -> Completion:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.cfg.concurrency)
+        estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + max_tokens * n
+        retries = connects = 0
+        while True:
+            self.budget.check()
+            await self._requests.acquire()
+            await self._tokens.acquire(estimate)
+            try:
+                async with self._slots:
+                    completion = await self.backend.generate(
+                        messages,
+                        n=n,
+                        temperature=temperature,
+                        max_tokens=max_tokens,
+                        json_mode=json_mode,
+                        seed=seed,
+                    )
+            except Retryable as exc:
+                if retries >= self.cfg.max_retries:
+                    raise InfrastructureError(
+                        f"the executor kept failing after {retries + 1} tries ({exc}); check the server, or raise "
+                        "max_retries"
+                    ) from None
+                delay = exc.retry_after if exc.retry_after is not None else self._backoff(retries)
+                retries += 1
+                self._count_retry()
+                log.debug("retrying in %.2f s: %s", delay, exc)
+                await asyncio.sleep(min(delay, _MAX_RETRY_AFTER_S))
+                continue
+            except Unreachable as exc:
+                if connects >= self.cfg.connect_retries:
+                    where = getattr(self.backend, "base_url", self.model)
+                    raise InfrastructureError(
+                        f"the executor at {where} is unreachable ({exc}); check --executor-base-url and that the "
+                        "server is running"
+                    ) from None
+                connects += 1
+                self._count_retry()
+                await asyncio.sleep(self._backoff(connects - 1))
+                continue
+            except Rejected:
+                raise
+            self._account(completion)
+            self._tokens.refund(max(0, estimate - completion.prompt_tokens - completion.completion_tokens))
+            return completion
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2**attempt) * random.uniform(0.5, 1.5)
+
+    def _count_retry(self) -> None:
+        self.usage.retries += 1
+        self.budget.usage.retries += 1
+
+    def _account(self, completion: Completion) -> None:
+        cost = self.prices.cost(self.model, completion.prompt_tokens, completion.completion_tokens)
+        for usage in (self.usage, self.budget.usage):
+            usage.llm_calls += 1
+            usage.prompt_tokens += completion.prompt_tokens
+            usage.completion_tokens += completion.completion_tokens
+            usage.cost_usd += cost

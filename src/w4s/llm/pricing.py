@@ -1,0 +1,64 @@
+"""Executor prices (USD per million tokens) and cost accounting from reported usage."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import yaml
+
+from w4s.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Public list prices, USD per 1M tokens (input, output). Override with GatewayConfig.prices_path.
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-3.5-turbo": (0.50, 1.50),
+}
+
+
+class PriceTable:
+    def __init__(self, prices: dict[str, tuple[float, float]] | None = None):
+        self.prices = dict(DEFAULT_PRICES if prices is None else prices)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> PriceTable:
+        if path is None:
+            return cls()
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"price table {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+            prices = {str(m): (float(p["input"]), float(p["output"])) for m, p in raw.items()}
+        except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
+            raise ConfigError(
+                f"price table {path} must map model names to {{input: USD per 1M tokens, output: USD per 1M}}"
+            ) from None
+        merged = dict(DEFAULT_PRICES)
+        merged.update(prices)
+        return cls(merged)
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        if model.startswith("local:"):
+            return 0.0
+        price = self.prices.get(model)
+        if price is None:
+            # Dated snapshots ("gpt-4o-mini-2024-07-18") cost what their family costs.
+            family = max((m for m in self.prices if model.startswith(m)), key=len, default=None)
+            price = self.prices.get(family) if family else None
+        if price is None:
+            _warn_unpriced(model)
+            return 0.0
+        return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+
+
+@functools.cache
+def _warn_unpriced(model: str) -> None:
+    log.warning("no price known for model %r: its cost is reported as 0; add it with a price table", model)

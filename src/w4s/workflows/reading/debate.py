@@ -1,0 +1,27 @@
+"""LLM debate: three solvers answer, read each other's answers for two rounds, then a judge decides."""
+
+from collections import Counter
+
+
+def solver(agent, task):
+    ask = (
+        f"{task}\n\nRead the passage carefully, reason step by step, then end with 'Answer: <short answer>'."
+    )
+    answers = agent.call_llm(ask, temperature=0.7, num_of_response=3, agent_role="a debater")
+    for _ in range(2):
+        others = "\n\n".join(f"Debater {i + 1}:\n{a}" for i, a in enumerate(answers))
+        answers = agent.call_llm(
+            f"{ask}\n\nOther debaters said:\n{others}\n\nConsider their reasoning and give your updated solution.",
+            temperature=0.7,
+            num_of_response=3,
+            agent_role="a debater",
+        )
+    votes = Counter(_final(a) for a in answers)
+    return {"answer": votes.most_common(1)[0][0]}
+
+
+def _final(text):
+    """The short answer after the last 'Answer:' (DROP answers are spans, dates or numbers)."""
+    marker = text.rfind("Answer:")
+    answer = text[marker + len("Answer:") :] if marker >= 0 else (text.strip().splitlines() or [""])[-1]
+    return answer.strip().strip("*").strip().rstrip(".")
