@@ -13,8 +13,8 @@ Script keys (all optional):
   rules           [{"match": regex on the last user message, "reply": text}]
   default         "echo" (reply "echo:<message>") or a fixed text
   ignore_n        return one choice whatever n asks
-  faults          [{"kind": "429"|"500"|"hang"|"malformed"|"empty", "count": k, "retry_after": s,
-                    "hang_s": s}], consumed in order, one per request
+  faults          [{"kind": "429"|"500"|"hang"|"malformed"|"empty"|"status", "count": k,
+                    "retry_after": s, "hang_s": s, "status": code}], consumed in order, one per request
 """
 
 from __future__ import annotations
@@ -101,6 +101,10 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if kind == "500":
                 self._send(500, b'{"error": {"message": "internal error"}}')
+                return
+            if kind == "status":
+                message = json.dumps({"error": {"message": fault.get("message", "refused")}}).encode()
+                self._send(int(fault["status"]), message)
                 return
             if kind == "hang":
                 time.sleep(fault.get("hang_s", 30))

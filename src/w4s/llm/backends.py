@@ -150,5 +150,9 @@ class OpenAIBackend:
 
 
 def _brief(exc: Exception) -> str:
-    message = getattr(exc, "message", None) or str(exc)
-    return message.splitlines()[0][:300]
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        body = body["error"]
+    message = body.get("message") if isinstance(body, dict) else None
+    message = message or getattr(exc, "message", None) or str(exc)
+    return str(message).splitlines()[0][:300]

@@ -1,0 +1,200 @@
+"""The gateway against a real HTTP server: replies, faults, retries, n-fill, cache, budget, cost."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from w4s.errors import InfrastructureError
+from w4s.llm.backends import Rejected
+from w4s.llm.config import GatewayConfig
+from w4s.llm.gateway import Gateway, build_messages
+from w4s.llm.limits import Budget, BudgetExceeded, RateLimiter
+
+MESSAGES = [{"role": "user", "content": "2+2?"}]
+
+
+def gateway(server, tmp_path, **overrides) -> Gateway:
+    settings = {
+        "model": "gpt-4o-mini",
+        "base_url": server.url,
+        "cache_path": str(tmp_path / "cache.sqlite"),
+        "backoff_s": 0.01,
+        "backoff_max_s": 0.05,
+        "timeout_s": 5.0,
+    }
+    settings.update(overrides)
+    return Gateway(GatewayConfig(**settings))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def chat(gw, *args, **kwargs):
+    try:
+        return await gw.chat(*args, **kwargs)
+    finally:
+        await gw.aclose()
+
+
+def test_reply_usage_and_cost(executor_server, tmp_path):
+    executor_server.script(rules=[{"match": r"2\+2", "reply": "four is the answer"}])
+    gw = gateway(executor_server, tmp_path)
+    assert run(chat(gw, MESSAGES, n=2, temperature=0.0)) == ["four is the answer"] * 2
+    usage = gw.usage
+    assert (usage.llm_calls, usage.prompt_tokens, usage.completion_tokens) == (1, 4, 8)
+    assert usage.cost_usd == pytest.approx((4 * 0.15 + 8 * 0.60) / 1e6)
+
+
+def test_fewer_choices_than_n_are_filled_in(executor_server, tmp_path):
+    executor_server.script(ignore_n=True, rules=[{"match": ".", "reply": "r"}])
+    gw = gateway(executor_server, tmp_path)
+    assert run(chat(gw, MESSAGES, n=4, temperature=0.7)) == ["r"] * 4
+    assert executor_server.stats()["requests"] == 4 and gw.usage.llm_calls == 4
+
+
+def test_a_429_storm_is_ridden_out_honouring_retry_after(executor_server, tmp_path):
+    executor_server.script(faults=[{"kind": "429", "count": 5, "retry_after": 0.2}])
+    gw = gateway(executor_server, tmp_path)
+    started = time.perf_counter()
+    assert run(chat(gw, MESSAGES)) == ["echo:2+2?"]
+    assert time.perf_counter() - started >= 5 * 0.2  # Retry-After, not the 10 ms backoff
+    assert gw.usage.retries == 5 and executor_server.stats()["requests"] == 6
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "500", "count": 2},
+        {"kind": "malformed", "count": 2},
+        {"kind": "empty", "count": 2},
+        {"kind": "hang", "count": 1, "hang_s": 3},
+    ],
+)
+def test_transient_failures_are_retried(executor_server, tmp_path, fault):
+    executor_server.script(faults=[fault])
+    gw = gateway(executor_server, tmp_path, timeout_s=0.5)
+    assert run(chat(gw, MESSAGES)) == ["echo:2+2?"]
+    assert gw.usage.retries == fault["count"]
+
+
+def test_persistent_failure_stops_with_a_clear_error(executor_server, tmp_path):
+    executor_server.script(faults=[{"kind": "500", "count": 100}])
+    gw = gateway(executor_server, tmp_path, max_retries=3)
+    with pytest.raises(InfrastructureError, match=r"kept failing after 4 tries \(server error \(500\)\)"):
+        run(chat(gw, MESSAGES))
+    assert executor_server.stats()["requests"] == 4
+
+
+def test_dead_endpoint_fails_fast(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gw = Gateway(GatewayConfig(base_url=f"http://127.0.0.1:{port}/v1", cache_path="off", backoff_s=0.05))
+    started = time.perf_counter()
+    with pytest.raises(InfrastructureError, match=f"127.0.0.1:{port}/v1 is unreachable"):
+        run(chat(gw, MESSAGES))
+    assert time.perf_counter() - started < 5
+
+
+def test_auth_and_missing_model_are_infrastructure_errors(executor_server, tmp_path):
+    executor_server.script(faults=[{"kind": "status", "status": 401}])
+    with pytest.raises(InfrastructureError, match="rejected the API key"):
+        run(chat(gateway(executor_server, tmp_path), MESSAGES))
+    executor_server.script(faults=[{"kind": "status", "status": 404}])
+    with pytest.raises(InfrastructureError, match="model 'gpt-4o-mini' was not found"):
+        run(chat(gateway(executor_server, tmp_path), MESSAGES))
+
+
+def test_bad_requests_are_the_workflows_problem(executor_server, tmp_path):
+    executor_server.script(faults=[{"kind": "status", "status": 400, "message": "context too long"}])
+    with pytest.raises(Rejected, match="refused the request \\(400\\): context too long"):
+        run(chat(gateway(executor_server, tmp_path), MESSAGES))
+
+
+def test_cache_replays_and_keys_on_every_parameter(executor_server, tmp_path):
+    executor_server.script(rules=[{"match": ".", "reply": "choice {index}"}])
+
+    async def scenario():
+        gw = gateway(executor_server, tmp_path)
+        try:
+            first = await gw.chat(MESSAGES, n=3, temperature=0.9)
+            again = await gw.chat(MESSAGES, n=3, temperature=0.9)
+            fewer = await gw.chat(MESSAGES, n=2, temperature=0.9)
+            more = await gw.chat(MESSAGES, n=4, temperature=0.9)
+            other = await gw.chat(MESSAGES, n=1, temperature=0.0)
+            return first, again, fewer, more, other, gw.usage
+        finally:
+            await gw.aclose()
+
+    first, again, fewer, more, other, usage = run(scenario())
+    assert first == again == ["choice 0", "choice 1", "choice 2"]
+    assert fewer == first[:2] and more[:3] == first
+    assert usage.llm_calls == 3 and usage.cached_calls == 2  # first, the 4th choice, temperature 0
+    # A new gateway on the same file makes no call at all.
+    before = executor_server.stats()["requests"]
+    assert run(chat(gateway(executor_server, tmp_path), MESSAGES, n=3, temperature=0.9)) == first
+    assert executor_server.stats()["requests"] == before
+
+
+def test_budget_stops_requests(executor_server, tmp_path):
+    async def scenario():
+        gw = gateway(executor_server, tmp_path, cache_path="off")
+        gw.start_budget(Budget(max_calls=2))
+        try:
+            await gw.chat(MESSAGES)
+            await gw.chat(MESSAGES)
+            await gw.chat(MESSAGES)
+        finally:
+            await gw.aclose()
+
+    with pytest.raises(BudgetExceeded, match=r"the call budget \(2\) is spent"):
+        run(scenario())
+
+
+def test_concurrency_cap_holds(executor_server, tmp_path):
+    executor_server.script(latency_ms=200)
+
+    async def scenario():
+        gw = gateway(executor_server, tmp_path, cache_path="off", concurrency=4)
+        try:
+            started = time.perf_counter()
+            await asyncio.gather(*(gw.chat([{"role": "user", "content": str(i)}]) for i in range(8)))
+            return time.perf_counter() - started
+        finally:
+            await gw.aclose()
+
+    assert 0.4 <= run(scenario()) < 1.2  # two waves of four
+
+
+def test_rate_limiter_waits_when_the_bucket_is_empty():
+    async def scenario():
+        limiter = RateLimiter(6000)  # 100 per second, bucket of 6000
+        await limiter.acquire(6000)
+        started = time.perf_counter()
+        await limiter.acquire(10)
+        return time.perf_counter() - started
+
+    assert 0.07 <= run(scenario()) < 0.5
+
+
+def test_role_and_instructions_become_system_text():
+    assert build_messages({"messages": MESSAGES, "agent_role": "a judge", "instructions": "be terse"}) == [
+        {"role": "system", "content": "You are a judge.\n\nbe terse"},
+        *MESSAGES,
+    ]
+    merged = build_messages({"messages": [{"role": "system", "content": "S"}, *MESSAGES], "agent_role": "x"})
+    assert merged[0] == {"role": "system", "content": "You are x.\n\nS"}
+
+
+def test_missing_key_for_openai_is_a_config_error(monkeypatch):
+    from w4s.errors import ConfigError
+
+    for name in ("OPENAI_API_KEY", "W4S_EXECUTOR_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="no API key for https://api.openai.com/v1: set one of"):
+        Gateway(GatewayConfig(cache_path="off"))
