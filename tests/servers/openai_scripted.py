@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -55,6 +56,11 @@ def _reply_for(content: str, index: int) -> str:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = -1  # headers and body leave in one write (no Nagle / delayed-ACK stalls)
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, *args) -> None:  # quiet
         pass
@@ -67,6 +73,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
+        self.wfile.flush()
 
     def do_GET(self) -> None:
         if self.path == "/_stats":
@@ -142,6 +149,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, json.dumps(reply).encode())
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # the listen backlog: 5 would drop SYNs when 32 clients connect at once
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--script", help="JSON script file")
@@ -150,9 +162,7 @@ def main() -> None:
     if args.script:
         with open(args.script) as handle:
             STATE["script"] = json.load(handle)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
-    server.request_queue_size = 256
+    server = Server(("127.0.0.1", args.port), Handler)
     sys.stdout.write(f"PORT {server.server_address[1]}\n")
     sys.stdout.flush()
     server.serve_forever()

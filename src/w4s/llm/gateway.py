@@ -46,7 +46,7 @@ def make_backend(cfg: GatewayConfig) -> Backend:
     key = api_key_from_env(cfg.api_key_env)
     if key is None and base_url.startswith(OPENAI_URL):
         raise ConfigError(f"no API key for {base_url}: set one of {cfg.api_key_env.replace(',', ', ')}")
-    return OpenAIBackend(cfg.model, base_url, key, cfg.timeout_s)
+    return OpenAIBackend(cfg.model, base_url, key, cfg.timeout_s, connections=cfg.concurrency)
 
 
 def build_messages(request: dict) -> list[dict]:

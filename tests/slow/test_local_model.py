@@ -1,0 +1,102 @@
+"""End to end with the real local model (SmolLM2-135M-Instruct): pull it, then `w4s evaluate` with it.
+
+A weak model: this proves the plumbing (pull, load, batched generation, sandbox, scoring), never
+accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """A pulled model: the user's cache when it is there, else a fresh pull into a temp cache."""
+    from w4s.llm import models
+
+    if (models.model_dir("smollm2-135m") / "config.json").is_file():
+        return os.environ.get("W4S_CACHE_DIR")
+    cache = str(tmp_path_factory.mktemp("w4s-cache"))
+    done = subprocess.run(
+        [sys.executable, "-m", "w4s.cli", "models", "pull", "smollm2-135m"],
+        env={**os.environ, "W4S_CACHE_DIR": cache},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return cache
+
+
+def test_evaluate_with_the_local_model(model_cache, tmp_path, data_dir):
+    env = {**os.environ}
+    if model_cache:
+        env["W4S_CACHE_DIR"] = model_cache
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w4s.cli",
+            "evaluate",
+            "cot",
+            "--task",
+            "gsm8k",
+            "--limit",
+            "4",
+            "--data-dir",
+            str(data_dir),
+            "--executor-model",
+            "local:smollm2-135m",
+            "--executor-max-completion-tokens",
+            "48",
+            "--executor-cache-path",
+            str(tmp_path / "cache.sqlite"),
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["executor"] == "local:smollm2-135m" and len(result["samples"]) == 4
+    assert 0.0 <= result["score"] <= 1.0
+    assert result["usage"]["llm_calls"] == 4 and result["usage"]["completion_tokens"] > 0
+    assert result["usage"]["cost_usd"] == 0.0
+    assert all(s["error"] is None or "no number" in s["error"] for s in result["samples"])
+
+
+def test_local_backend_batches_and_counts(model_cache, monkeypatch):
+    import asyncio
+
+    from w4s.llm.local import LocalBackend
+
+    if model_cache:
+        monkeypatch.setenv("W4S_CACHE_DIR", model_cache)
+
+    async def scenario():
+        backend = LocalBackend("local:smollm2-135m", batch_size=4)
+        try:
+            messages = [[{"role": "user", "content": f"Say the number {i}."}] for i in range(4)]
+            return await asyncio.gather(
+                *(
+                    backend.generate(m, n=2, temperature=0.7, max_tokens=12, json_mode=False, seed=1)
+                    for m in messages
+                )
+            )
+        finally:
+            await backend.aclose()
+
+    completions = asyncio.run(scenario())
+    assert [len(c.texts) for c in completions] == [2, 2, 2, 2]
+    assert all(c.prompt_tokens > 5 and 0 < c.completion_tokens <= 24 for c in completions)
