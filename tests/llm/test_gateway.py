@@ -198,3 +198,22 @@ def test_missing_key_for_openai_is_a_config_error(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="no API key for https://api.openai.com/v1: set one of"):
         Gateway(GatewayConfig(cache_path="off"))
+
+
+def test_hooks_see_every_answered_call(executor_server, tmp_path):
+    records = []
+
+    async def scenario():
+        gw = gateway(executor_server, tmp_path)
+        gw.hooks.append(records.append)
+        try:
+            await asyncio.gather(gw.chat(MESSAGES, n=2), gw.chat([{"role": "user", "content": "other"}]))
+            await gw.chat(MESSAGES, n=2)
+        finally:
+            await gw.aclose()
+
+    run(scenario())
+    first_two = sorted((r.texts, r.usage.llm_calls, r.cached_choices) for r in records[:2])
+    assert first_two == [(["echo:2+2?"] * 2, 1, 0), (["echo:other"], 1, 0)]
+    assert sum(r.usage.llm_calls for r in records) == 2 and all(r.seconds >= 0 for r in records)
+    assert records[-1].usage.llm_calls == 0 and records[-1].cached_choices == 1

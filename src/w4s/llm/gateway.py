@@ -11,6 +11,9 @@ import asyncio
 import logging
 import os
 import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from w4s.errors import ConfigError, InfrastructureError
@@ -65,6 +68,21 @@ def build_messages(request: dict) -> list[dict]:
     return messages
 
 
+@dataclass
+class CallRecord:
+    """One answered chat request, as hooks see it (tracing, e.g. MLflow spans, plugs in here)."""
+
+    model: str
+    messages: list[dict]
+    texts: list[str]
+    cached_choices: int
+    seconds: float
+    usage: Usage
+
+
+CallHook = Callable[[CallRecord], None]
+
+
 class Gateway:
     """Answers chat requests for one model; shared by every sample of a run.
 
@@ -87,6 +105,7 @@ class Gateway:
         self._requests = RateLimiter(self.cfg.requests_per_minute)
         self._tokens = RateLimiter(self.cfg.tokens_per_minute)
         self._slots: asyncio.Semaphore | None = None
+        self.hooks: list[CallHook] = []  # called after every answered chat request
 
     def start_budget(self, budget: Budget) -> Budget:
         self.budget = budget
@@ -125,7 +144,29 @@ class Gateway:
         json_mode: bool = False,
     ) -> list[str]:
         """``n`` completions, from the cache where it has them; the rest from the backend."""
-        max_tokens = max_tokens or self.cfg.max_completion_tokens
+        started = time.perf_counter()
+        ledgers = (self.usage, self.budget.usage, Usage())  # the gateway's, the evaluation's, this call's
+        texts = await self._chat(
+            ledgers, messages, n, temperature, max_tokens or self.cfg.max_completion_tokens, json_mode
+        )
+        if self.hooks:
+            spent = ledgers[2]
+            record = CallRecord(
+                self.model, messages, texts, spent.cached_calls, time.perf_counter() - started, spent
+            )
+            for hook in self.hooks:
+                hook(record)
+        return texts
+
+    async def _chat(
+        self,
+        ledgers: tuple[Usage, ...],
+        messages: list[dict],
+        n: int,
+        temperature: float,
+        max_tokens: int,
+        json_mode: bool,
+    ) -> list[str]:
         params = {
             "temperature": temperature,
             "max_tokens": max_tokens,
@@ -135,11 +176,13 @@ class Gateway:
         key = request_key(self.model, messages, params)
         texts: dict[int, str] = self.cache.get(key, n) if self.cache is not None else {}
         if len(texts) == n:
-            self.usage.cached_calls += 1
-            self.budget.usage.cached_calls += 1
+            for usage in ledgers:
+                usage.cached_calls += 1
             return [texts[i] for i in range(n)]
         missing = [i for i in range(n) if i not in texts]
-        first = await self._request(messages, len(missing), temperature, max_tokens, json_mode, self.cfg.seed)
+        first = await self._request(
+            ledgers, messages, len(missing), temperature, max_tokens, json_mode, self.cfg.seed
+        )
         self._store(key, texts, missing[: len(first.texts)], first.texts)
         missing = missing[len(first.texts) :]
         if missing:
@@ -147,7 +190,10 @@ class Gateway:
             # each with its own seed so that seeded servers do not repeat the same sample.
             seeds = [None if self.cfg.seed is None else self.cfg.seed + i for i in missing]
             extra = await asyncio.gather(
-                *(self._request(messages, 1, temperature, max_tokens, json_mode, seed) for seed in seeds)
+                *(
+                    self._request(ledgers, messages, 1, temperature, max_tokens, json_mode, seed)
+                    for seed in seeds
+                )
             )
             for index, completion in zip(missing, extra, strict=True):
                 self._store(key, texts, [index], completion.texts[:1])
@@ -161,6 +207,7 @@ class Gateway:
 
     async def _request(
         self,
+        ledgers: tuple[Usage, ...],
         messages: list[dict],
         n: int,
         temperature: float,
@@ -194,7 +241,7 @@ class Gateway:
                     ) from None
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(retries)
                 retries += 1
-                self._count_retry()
+                self._count_retry(ledgers)
                 log.debug("retrying in %.2f s: %s", delay, exc)
                 await asyncio.sleep(min(delay, _MAX_RETRY_AFTER_S))
                 continue
@@ -206,25 +253,26 @@ class Gateway:
                         "server is running"
                     ) from None
                 connects += 1
-                self._count_retry()
+                self._count_retry(ledgers)
                 await asyncio.sleep(self._backoff(connects - 1))
                 continue
             except Rejected:
                 raise
-            self._account(completion)
+            self._account(ledgers, completion)
             self._tokens.refund(max(0, estimate - completion.prompt_tokens - completion.completion_tokens))
             return completion
 
     def _backoff(self, attempt: int) -> float:
         return min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2**attempt) * random.uniform(0.5, 1.5)
 
-    def _count_retry(self) -> None:
-        self.usage.retries += 1
-        self.budget.usage.retries += 1
+    @staticmethod
+    def _count_retry(ledgers: tuple[Usage, ...]) -> None:
+        for usage in ledgers:
+            usage.retries += 1
 
-    def _account(self, completion: Completion) -> None:
+    def _account(self, ledgers: tuple[Usage, ...], completion: Completion) -> None:
         cost = self.prices.cost(self.model, completion.prompt_tokens, completion.completion_tokens)
-        for usage in (self.usage, self.budget.usage):
+        for usage in ledgers:
             usage.llm_calls += 1
             usage.prompt_tokens += completion.prompt_tokens
             usage.completion_tokens += completion.completion_tokens
