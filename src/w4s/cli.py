@@ -190,6 +190,86 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_optimize(args) -> int:
+    import asyncio
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from w4s import config
+    from w4s.llm.config import GatewayConfig
+    from w4s.llm.gateway import Gateway
+    from w4s.optimizer.loop import OptimizeConfig, Optimizer
+    from w4s.sandbox.config import SandboxConfig
+
+    cfg = config.load(OptimizeConfig, args.optimize_config, config.overrides_from(args, OptimizeConfig))
+    executor_cfg = config.load(
+        GatewayConfig, args.executor_config, config.overrides_from(args, GatewayConfig, "executor-")
+    )
+    meta_overrides = config.overrides_from(args, GatewayConfig, "meta-")
+    if meta_overrides["api_key_env"] is None:
+        meta_overrides["api_key_env"] = "W4S_META_API_KEY,OPENAI_API_KEY"
+    meta_cfg = config.load(GatewayConfig, args.meta_config, meta_overrides)
+    sandbox_overrides = config.overrides_from(args, SandboxConfig, "sandbox-")
+    if sandbox_overrides["timeout_s"] is None:
+        sandbox_overrides["timeout_s"] = cfg.timeout_s
+    sandbox_cfg = config.load(SandboxConfig, args.config, sandbox_overrides)
+
+    async def run():
+        executor, meta = Gateway(executor_cfg), Gateway(meta_cfg)
+        try:
+            with Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=_stderr_console(),
+            ) as progress:
+                line = progress.add_task("starting", total=None)
+
+                def on_event(kind: str, data: dict) -> None:
+                    spend = f"executor ${executor.usage.cost_usd:.4f}, meta ${meta.usage.cost_usd:.4f}"
+                    if kind == "baseline":
+                        text = f"baseline {data['name']}: {data['score']:.3f}"
+                    elif kind == "turn":
+                        text = f"turn {data['turn']}/{cfg.turns}: best so far {data['best']:.3f}"
+                    elif kind == "repair":
+                        text = f"turn {data['turn']} candidate {data['candidate']}: repair {data['attempt']} ({data['error'][:60]})"
+                    elif kind == "candidate":
+                        score = "failed" if data["score"] is None else f"{data['score']:.3f}"
+                        text = f"turn {data['turn']} candidate {data['candidate'] + 1}/{cfg.candidates}: {score}, reward {data['reward']:+.2f}"
+                        log.info(text)
+                    else:
+                        text = f"turn {data['turn']} committed: selected {data['selected']}, best {data['best']:.3f}"
+                    progress.update(line, description=f"{text}  [{spend}]")
+
+                optimizer = Optimizer(
+                    cfg,
+                    meta,
+                    executor,
+                    args.out,
+                    data_dir=args.data_dir,
+                    sandbox=sandbox_cfg,
+                    resume=args.resume,
+                    on_event=on_event,
+                )
+                return await optimizer.run()
+        finally:
+            await executor.aclose()
+            await meta.aclose()
+
+    report = asyncio.run(run())
+    best = report["best"]
+    log.info(
+        "best workflow %s: validation %.4f, test %s; wrote %s",
+        best["name"],
+        best["valid_score"],
+        "not scored" if best["test_score"] is None else f"{best['test_score']:.4f}",
+        args.out,
+    )
+    if report["stopped"]:
+        log.warning("stopped early: %s", report["stopped"])
+    return 0
+
+
 def cmd_models_pull(args) -> int:
     from w4s.llm import models
 
@@ -262,6 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--executor-config", help="YAML file with GatewayConfig fields for the executor")
     with_sandbox_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from w4s.optimizer.loop import OptimizeConfig
+
+    optimize = commands.add_parser(
+        "optimize",
+        help="run the W4S optimizer: the meta-agent writes and improves workflows for a task",
+        description="Turns x candidates of meta-agent workflows, repaired, scored on validation, rewarded; the best "
+        "is scored once on test. Writes trajectories.jsonl, best_workflow.py, report.json, report.md, curve.png.",
+    )
+    optimize.add_argument("--out", required=True, help="run folder (resumable with --resume)")
+    optimize.add_argument("--resume", action="store_true", help="continue the run in --out")
+    optimize.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
+    optimize.add_argument("--optimize-config", help="YAML file with OptimizeConfig fields")
+    config.add_arguments(optimize, OptimizeConfig)
+    config.add_arguments(optimize, GatewayConfig, prefix="meta-")
+    optimize.add_argument("--meta-config", help="YAML file with GatewayConfig fields for the meta-agent")
+    config.add_arguments(optimize, GatewayConfig, prefix="executor-")
+    optimize.add_argument("--executor-config", help="YAML file with GatewayConfig fields for the executor")
+    with_sandbox_options(optimize)
+    optimize.set_defaults(func=cmd_optimize)
 
     models_parser = commands.add_parser("models", help="local models")
     models_commands = models_parser.add_subparsers(dest="models_command", required=True)

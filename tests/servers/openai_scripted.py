@@ -10,7 +10,8 @@ Control: POST /_script with a new script (resets counters); GET /_stats.
 Script keys (all optional):
   latency_ms      delay before every reply
   table           {exact last user message: reply}
-  rules           [{"match": regex on the last user message, "reply": text}]
+  rules           [{"match": regex on the last user message, "reply": text ({index}: the choice
+                    index) or "replies": [text per choice index]}]
   default         "echo" (reply "echo:<message>") or a fixed text
   ignore_n        return one choice whatever n asks
   faults          [{"kind": "429"|"500"|"hang"|"malformed"|"empty"|"status", "count": k,
@@ -49,6 +50,8 @@ def _reply_for(content: str, index: int) -> str:
         return table[content]
     for rule in script.get("rules") or []:
         if re.search(rule["match"], content, re.DOTALL):
+            if "replies" in rule:  # one reply per choice index
+                return rule["replies"][index % len(rule["replies"])]
             return rule["reply"].replace("{index}", str(index))
     default = script.get("default", "echo")
     return f"echo:{content}" if default == "echo" else default

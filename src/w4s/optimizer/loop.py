@@ -1,0 +1,353 @@
+"""The turn loop: sample m candidate workflows, repair, evaluate on validation, reward, advance.
+
+Every candidate, failed ones included, becomes a trajectory record. Within a turn, candidates are
+first staged (``.turn-staging.jsonl``, fsynced one by one, so a crash loses at most the candidate
+in flight); when the turn is complete they are appended to ``trajectories.jsonl`` together, with
+the ``selected`` flag of the one that advances the state. Feedback and selection use the validation
+split only; the test split is scored once, for the best workflow, at the very end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from w4s import workflows
+from w4s.config import option, positive
+from w4s.errors import ConfigError
+from w4s.evaluation import EvaluationConfig, EvaluationResult, evaluate, select
+from w4s.feedback import build_feedback
+from w4s.llm.gateway import Gateway
+from w4s.optimizer import prompts
+from w4s.optimizer.extraction import extract_workflow, static_check
+from w4s.optimizer.rewards import REWARD_KINDS, reward
+from w4s.optimizer.trajectory import TrajectoryStore
+from w4s.sandbox.config import SandboxConfig
+from w4s.tasks import get_task
+from w4s.tasks.base import Sample
+
+log = logging.getLogger(__name__)
+
+TRAJECTORIES = "trajectories.jsonl"
+STAGING = ".turn-staging.jsonl"
+BASELINES = "baselines.json"
+
+
+def _task_names() -> list[str]:
+    from w4s.tasks import task_names
+
+    return task_names()
+
+
+@dataclass
+class OptimizeConfig:
+    task: str = option("gsm8k", "benchmark task to optimise a workflow for", lambda v: v in _task_names(),
+                       "use one of drop, gsm8k, gsm_hard, humaneval, mbpp, mgsm, svamp")
+    turns: int = option(10, "turns of the meta-agent", positive)
+    candidates: int = option(5, "candidate workflows sampled per turn (m)", positive)
+    temperature: float = option(
+        0.5, "meta-agent sampling temperature", lambda v: 0 <= v <= 2, "between 0 and 2"
+    )
+    context_turns: int = option(
+        2, "earlier turns kept in the meta-agent's context (k)", lambda v: v >= 0, "0 or more"
+    )
+    repairs: int = option(3, "repair attempts per candidate from its error", lambda v: v >= 0, "0 or more")
+    reward: str = option(
+        "discrete",
+        "reward rule: discrete (paper) or continuous",
+        lambda v: v in REWARD_KINDS,
+        "use discrete or continuous",
+    )
+    validation_limit: int | None = option(None, "validation samples per evaluation (seeded subset)", positive)
+    test_limit: int | None = option(
+        None, "test samples for the final score (seeded subset; default all)", positive
+    )
+    seed: int = option(0, "seed of the validation subset and the feedback cases")
+    episode: int = option(0, "episode index written into the records", lambda v: v >= 0, "0 or more")
+    concurrency: int = option(8, "samples evaluated at once", positive)
+    timeout_s: float = option(60.0, "wall-clock limit per sample", positive)
+    budget_usd: float | None = option(
+        None, "stop the run cleanly once the executor cost reaches this", positive
+    )
+    meta_max_tokens: int = option(4096, "longest meta-agent reply", positive)
+
+
+@dataclass
+class TurnState:
+    """What the next turn's prompt is built from; derived from the committed records."""
+
+    best_score: float
+    previous_score: float
+    history: list[dict] = field(default_factory=list)  # selected records, oldest first
+
+
+class Optimizer:
+    def __init__(
+        self,
+        cfg: OptimizeConfig,
+        meta: Gateway,
+        executor: Gateway,
+        out_dir: str | os.PathLike,
+        *,
+        data_dir: str | os.PathLike | None = None,
+        sandbox: SandboxConfig | None = None,
+        resume: bool = False,
+        on_event: Callable[[str, dict], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.meta = meta
+        self.executor = executor
+        self.out = Path(out_dir).expanduser().resolve()
+        self.data_dir = data_dir
+        self.sandbox = sandbox or SandboxConfig(timeout_s=cfg.timeout_s)
+        self.task = get_task(cfg.task)
+        self.on_event = on_event or (lambda kind, data: None)
+        self.out.mkdir(parents=True, exist_ok=True)
+        existing = self.out / TRAJECTORIES
+        if existing.exists() and existing.stat().st_size > 0 and not resume:
+            raise ConfigError(
+                f"{self.out} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+        self.store = TrajectoryStore(existing)
+        self.staging = TrajectoryStore(self.out / STAGING)
+        self.validation = select(self.task.load("validation", data_dir), cfg.validation_limit, cfg.seed)
+        self.stopped: str | None = None
+
+    # --- evaluation helpers ------------------------------------------------------------------------
+    def _eval_cfg(self, split: str = "validation") -> EvaluationConfig:
+        remaining = None
+        if self.cfg.budget_usd is not None:
+            remaining = max(1e-9, self.cfg.budget_usd - self.executor.usage.cost_usd)
+        return EvaluationConfig(
+            split=split, concurrency=self.cfg.concurrency, timeout_s=self.cfg.timeout_s, budget_usd=remaining
+        )
+
+    async def _evaluate(
+        self, source: str, samples: list[Sample], split: str = "validation"
+    ) -> EvaluationResult:
+        result = await evaluate(
+            source, self.task, self.executor, self._eval_cfg(split), sandbox=self.sandbox, samples=samples
+        )
+        if result.budget_exhausted:
+            self.stopped = result.budget_exhausted
+        return result
+
+    def _budget_spent(self) -> bool:
+        if self.cfg.budget_usd is not None and self.executor.usage.cost_usd >= self.cfg.budget_usd:
+            self.stopped = f"the budget of ${self.cfg.budget_usd:g} is spent"
+        return self.stopped is not None
+
+    # --- baselines ---------------------------------------------------------------------------------
+    async def baselines(self) -> dict[str, dict]:
+        path = self.out / BASELINES
+        if path.exists():
+            return json.loads(path.read_text())
+        scores = {}
+        for name, source in workflows.examples(self.task.family).items():
+            result = await self._evaluate(source, self.validation)
+            scores[name] = {"valid_score": result.score, "source": source, "usage": result.usage.to_dict()}
+            self.on_event("baseline", {"name": name, "score": result.score})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(scores, indent=2))
+        os.replace(tmp, path)
+        return scores
+
+    # --- state -------------------------------------------------------------------------------------
+    def state(self, baselines: dict[str, dict]) -> TurnState:
+        best = max((b["valid_score"] for b in baselines.values()), default=0.0)
+        state = TurnState(best_score=best, previous_score=best)
+        for turn in sorted({r["turn"] for r in self.store if r["episode"] == self.cfg.episode}):
+            selected = self.store.mark_selected(self.cfg.episode, turn)
+            if selected is None:
+                continue
+            state.history.append(selected)
+            state.previous_score = selected["valid_score"] or 0.0
+            state.best_score = max(state.best_score, state.previous_score)
+        return state
+
+    def messages(self, baselines: dict[str, dict], state: TurnState) -> list[dict]:
+        examples = [(name, b["source"], b["valid_score"]) for name, b in baselines.items()]
+        messages = [
+            {"role": "system", "content": prompts.system()},
+            {"role": "user", "content": prompts.initial(self.task.description, examples)},
+        ]
+        if self.cfg.context_turns:
+            for record in state.history[-self.cfg.context_turns :]:
+                messages.append({"role": "assistant", "content": record["final_reply"]})
+                messages.append(
+                    {"role": "user", "content": prompts.feedback(record["feedback"], record["best_after"])}
+                )
+        return messages
+
+    # --- one candidate -----------------------------------------------------------------------------
+    async def candidate(
+        self, turn: int, index: int, prompt: list[dict], reply: str, state: TurnState
+    ) -> dict:
+        record: dict = {
+            "episode": self.cfg.episode,
+            "turn": turn,
+            "candidate": index,
+            "prompt_messages": prompt,
+            "reply": reply,
+            "final_reply": reply,
+            "repairs": [],
+            "workflow": None,
+            "valid_score": None,
+            "reward": None,
+            "selected": False,
+            "error": None,
+            "feedback": None,
+            "usage": {},
+        }
+        executor_before = self.executor.usage.to_dict()
+        meta_before = self.meta.usage.to_dict()
+        current_reply = reply
+        for attempt in range(self.cfg.repairs + 1):
+            workflow = extract_workflow(current_reply)
+            error, line = None, None
+            if workflow is None:
+                error = "no ```python block defining solver(agent, task)"
+                ask = prompts.no_code(self.task.description)
+            else:
+                error = static_check(workflow)
+                if error is None:
+                    check = await self._evaluate(workflow, self.validation[:1])
+                    sample = check.samples[0]
+                    if sample.error is not None and sample.answer is None and not sample.not_run:
+                        error, line = sample.error, sample.error_line
+                ask = prompts.repair(self.task.description, workflow, error or "", line)
+            if error is None:
+                record["workflow"] = workflow
+                break
+            if self._budget_spent():
+                record["error"] = f"stopped: {self.stopped}"
+                break
+            record["error"] = error
+            if attempt == self.cfg.repairs:
+                break
+            repaired = await self.meta.chat(
+                [{"role": "system", "content": prompts.system()}, {"role": "user", "content": ask}],
+                n=1,
+                temperature=self.cfg.temperature,
+                max_tokens=self.cfg.meta_max_tokens,
+            )
+            record["repairs"].append({"error": error, "line": line, "reply": repaired[0]})
+            current_reply = repaired[0]
+            record["final_reply"] = current_reply
+            self.on_event(
+                "repair", {"turn": turn, "candidate": index, "attempt": attempt + 1, "error": error}
+            )
+        if record["workflow"] is not None:
+            record["error"] = None
+            result = await self._evaluate(record["workflow"], self.validation)
+            record["valid_score"] = result.score
+            record["feedback"] = build_feedback(result, self.validation, seed=self.cfg.seed + turn)
+        record["reward"] = reward(
+            record["valid_score"], state.best_score, state.previous_score, self.cfg.reward
+        )
+        record["usage"] = {
+            "executor": _delta(executor_before, self.executor.usage.to_dict()),
+            "meta": _delta(meta_before, self.meta.usage.to_dict()),
+        }
+        self.on_event(
+            "candidate",
+            {
+                "turn": turn,
+                "candidate": index,
+                "score": record["valid_score"],
+                "reward": record["reward"],
+                "error": record["error"],
+            },
+        )
+        return record
+
+    # --- the run -----------------------------------------------------------------------------------
+    async def run(self) -> dict:
+        baselines = await self.baselines()
+        for turn in range(1, self.cfg.turns + 1):
+            if self._budget_spent():
+                break
+            if (self.cfg.episode, turn, self.cfg.candidates - 1) in self.store:
+                continue  # committed in an earlier run
+            state = self.state(baselines)
+            prompt = self.messages(baselines, state)
+            self.on_event("turn", {"turn": turn, "best": state.best_score})
+            replies = await self.meta.chat(
+                prompt,
+                n=self.cfg.candidates,
+                temperature=self.cfg.temperature,
+                max_tokens=self.cfg.meta_max_tokens,
+            )
+            staged = {
+                r["candidate"]: r
+                for r in self.staging
+                if r["episode"] == self.cfg.episode and r["turn"] == turn
+            }
+            for index, reply in enumerate(replies):
+                if index in staged or (self.cfg.episode, turn, index) in self.store:
+                    continue
+                staged[index] = await self.candidate(turn, index, prompt, reply, state)
+                self.staging.append(staged[index])
+                if self.stopped:
+                    break
+            if len(staged) < self.cfg.candidates:
+                break  # stopped by the budget inside the turn; the staged candidates stay staged
+            self.commit(turn, [staged[i] for i in range(self.cfg.candidates)], state)
+        return await self.finish(baselines)
+
+    def commit(self, turn: int, records: list[dict], state: TurnState) -> None:
+        scored = [r for r in records if r["valid_score"] is not None]
+        chosen = max(scored, key=lambda r: (r["valid_score"], -r["candidate"])) if scored else None
+        best_after = max([state.best_score] + [r["valid_score"] for r in scored])
+        for record in records:
+            record["selected"] = record is chosen
+            record["best_after"] = best_after
+            if (record["episode"], record["turn"], record["candidate"]) not in self.store:
+                self.store.append(record)
+        self.staging.path.unlink(missing_ok=True)
+        self.staging = TrajectoryStore(self.out / STAGING)
+        self.on_event(
+            "committed",
+            {"turn": turn, "selected": None if chosen is None else chosen["candidate"], "best": best_after},
+        )
+
+    async def finish(self, baselines: dict[str, dict]) -> dict:
+        from w4s.optimizer.report import write_report
+
+        options = [
+            {"name": f"baseline:{name}", "source": b["source"], "valid_score": b["valid_score"], "turn": 0}
+            for name, b in baselines.items()
+        ]
+        options += [
+            {
+                "name": f"turn {r['turn']} candidate {r['candidate']}",
+                "source": r["workflow"],
+                "valid_score": r["valid_score"],
+                "turn": r["turn"],
+            }
+            for r in self.store
+            if r["workflow"] is not None and r["valid_score"] is not None
+        ]
+        best = max(options, key=lambda o: (o["valid_score"], -o["turn"]))
+        test_samples = select(self.task.load("test", self.data_dir), self.cfg.test_limit, self.cfg.seed)
+        test_result = None
+        if not self._budget_spent():
+            test_result = await self._evaluate(best["source"], test_samples, split="test")
+        (self.out / "best_workflow.py").write_text(best["source"])
+        report = write_report(self, baselines, best, test_result)
+        return report
+
+
+def _delta(before: dict, after: dict) -> dict:
+    return {
+        k: round(after[k] - before[k], 6) if isinstance(after[k], float) else after[k] - before[k]
+        for k in after
+    }
+
+
+def config_dict(cfg: OptimizeConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,153 @@
+"""The optimizer's outputs beside the trajectories: report.json, report.md and curve.png."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from w4s.evaluation import EvaluationResult
+    from w4s.optimizer.loop import Optimizer
+
+
+def _turns(records: list[dict]) -> list[dict]:
+    turns: dict[int, dict] = {}
+    for record in records:
+        entry = turns.setdefault(record["turn"], {"turn": record["turn"], "candidates": [], "selected": None})
+        entry["candidates"].append(
+            {
+                "candidate": record["candidate"],
+                "valid_score": record["valid_score"],
+                "reward": record["reward"],
+                "repairs": len(record.get("repairs", [])),
+                "error": record["error"],
+            }
+        )
+        if record["selected"]:
+            entry["selected"] = record["candidate"]
+        entry["best_after"] = record.get("best_after")
+    return [turns[t] for t in sorted(turns)]
+
+
+def write_report(
+    optimizer: Optimizer, baselines: dict[str, dict], best: dict, test: EvaluationResult | None
+) -> dict:
+    out = optimizer.out
+    records = [r for r in optimizer.store if r["episode"] == optimizer.cfg.episode]
+    report = {
+        "task": optimizer.task.name,
+        "episode": optimizer.cfg.episode,
+        "config": {k: v for k, v in vars(optimizer.cfg).items()},
+        "meta_model": optimizer.meta.model,
+        "executor": optimizer.executor.model,
+        "best": {
+            "name": best["name"],
+            "valid_score": best["valid_score"],
+            "test_score": None if test is None else test.score,
+            "test_samples": None if test is None else len(test.samples),
+        },
+        "baselines": {name: b["valid_score"] for name, b in baselines.items()},
+        "turns": _turns(records),
+        "usage": {"executor": optimizer.executor.usage.to_dict(), "meta": optimizer.meta.usage.to_dict()},
+        "stopped": optimizer.stopped,
+    }
+    _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
+    _atomic_write(out / "report.md", _markdown(report))
+    _plot(report, out / "curve.png")
+    return report
+
+
+def _atomic_write(path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _markdown(report: dict) -> str:
+    best = report["best"]
+    lines = [
+        f"# w4s optimize: {report['task']}",
+        "",
+        f"Meta-agent `{report['meta_model']}`, executor `{report['executor']}`.",
+        "",
+        f"**Best workflow**: {best['name']} — validation {_pct(best['valid_score'])}, "
+        f"test {_pct(best['test_score'])} ({best['test_samples'] or 0} test samples, scored once).",
+        "",
+        "## Baselines (validation)",
+        "",
+        "| workflow | validation |",
+        "|---|---|",
+        *[f"| {name} | {_pct(score)} |" for name, score in report["baselines"].items()],
+        "",
+        "## Turns",
+        "",
+        "| turn | candidates (validation, reward) | selected | best so far |",
+        "|---|---|---|---|",
+    ]
+    for turn in report["turns"]:
+        cells = ", ".join(
+            f"{_pct(c['valid_score'])} ({c['reward']:+.2f})"
+            if c["valid_score"] is not None
+            else f"failed ({c['reward']:+.2f})"
+            for c in turn["candidates"]
+        )
+        lines.append(f"| {turn['turn']} | {cells} | {turn['selected']} | {_pct(turn['best_after'])} |")
+    usage = report["usage"]
+    lines += [
+        "",
+        "## Usage",
+        "",
+        f"Executor: {usage['executor']['llm_calls']} calls ({usage['executor']['cached_calls']} cached), "
+        f"{usage['executor']['prompt_tokens'] + usage['executor']['completion_tokens']} tokens, "
+        f"${usage['executor']['cost_usd']:.4f}. Meta-agent: {usage['meta']['llm_calls']} calls, "
+        f"${usage['meta']['cost_usd']:.4f}.",
+    ]
+    if report["stopped"]:
+        lines += ["", f"Stopped early: {report['stopped']}."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4), dpi=120)
+    for turn in report["turns"]:
+        scores = [c["valid_score"] for c in turn["candidates"] if c["valid_score"] is not None]
+        axes.scatter(
+            [turn["turn"]] * len(scores),
+            scores,
+            color="tab:blue",
+            alpha=0.5,
+            s=18,
+            label="candidate" if turn is report["turns"][0] else None,
+        )
+    if report["turns"]:
+        axes.step(
+            [t["turn"] for t in report["turns"]],
+            [t["best_after"] for t in report["turns"]],
+            where="post",
+            color="tab:red",
+            label="best so far",
+        )
+    for index, (name, score) in enumerate(report["baselines"].items()):
+        axes.axhline(
+            score, linestyle="--", linewidth=1, color=f"C{(index + 2) % 10}", label=f"baseline {name}"
+        )
+    axes.set_xlabel("turn")
+    axes.set_ylabel("validation accuracy")
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_title(f"w4s optimize: {report['task']}")
+    axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    os.replace(tmp, path)
