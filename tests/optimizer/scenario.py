@@ -30,7 +30,9 @@ def script(data_dir, limit: int) -> dict:
     from w4s.evaluation import select
 
     task = get_task("gsm8k")
-    samples = select(task.load("validation", data_dir), limit, 0) + select(task.load("test", data_dir), limit, 0)
+    samples = select(task.load("validation", data_dir), limit, 0) + select(
+        task.load("test", data_dir), limit, 0
+    )
     table = {s.task: f"So the answer is {s.expected:g}." for s in samples}
     rules = [
         {"match": re.escape("# Result of your last workflow"), "replies": TURN_2},

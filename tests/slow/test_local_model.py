@@ -100,3 +100,59 @@ def test_local_backend_batches_and_counts(model_cache, monkeypatch):
     completions = asyncio.run(scenario())
     assert [len(c.texts) for c in completions] == [2, 2, 2, 2]
     assert all(c.prompt_tokens > 5 and 0 < c.completion_tokens <= 24 for c in completions)
+
+
+def test_optimize_with_the_local_model_as_meta_agent_and_executor(model_cache, tmp_path, data_dir):
+    env = {**os.environ}
+    if model_cache:
+        env["W4S_CACHE_DIR"] = model_cache
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w4s.cli",
+            "optimize",
+            "--task",
+            "gsm8k",
+            "--turns",
+            "1",
+            "--candidates",
+            "2",
+            "--repairs",
+            "1",
+            "--validation-limit",
+            "2",
+            "--test-limit",
+            "2",
+            "--timeout-s",
+            "300",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(run),
+            "--meta-model",
+            "local:smollm2-135m",
+            "--meta-max-tokens",
+            "160",
+            "--executor-model",
+            "local:smollm2-135m",
+            "--executor-max-completion-tokens",
+            "24",
+            "--meta-cache-path",
+            str(tmp_path / "meta.sqlite"),
+            "--executor-cache-path",
+            str(tmp_path / "ex.sqlite"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "trajectories.jsonl").read_text().splitlines()]
+    assert [(r["turn"], r["candidate"]) for r in records] == [(1, 0), (1, 1)]
+    assert all(r["reply"] for r in records) and all(r["reward"] is not None for r in records)
+    report = json.loads((run / "report.json").read_text())
+    assert report["meta_model"] == "local:smollm2-135m" and report["usage"]["meta"]["llm_calls"] >= 1
+    assert (run / "curve.png").stat().st_size > 0 and (run / "best_workflow.py").exists()

@@ -45,8 +45,12 @@ def _task_names() -> list[str]:
 
 @dataclass
 class OptimizeConfig:
-    task: str = option("gsm8k", "benchmark task to optimise a workflow for", lambda v: v in _task_names(),
-                       "use one of drop, gsm8k, gsm_hard, humaneval, mbpp, mgsm, svamp")
+    task: str = option(
+        "gsm8k",
+        "benchmark task to optimise a workflow for",
+        lambda v: v in _task_names(),
+        "use one of drop, gsm8k, gsm_hard, humaneval, mbpp, mgsm, svamp",
+    )
     turns: int = option(10, "turns of the meta-agent", positive)
     candidates: int = option(5, "candidate workflows sampled per turn (m)", positive)
     temperature: float = option(
@@ -118,10 +122,13 @@ class Optimizer:
         self.stopped: str | None = None
 
     # --- evaluation helpers ------------------------------------------------------------------------
+    def _spent_usd(self) -> float:
+        return self.executor.usage.cost_usd + self.meta.usage.cost_usd
+
     def _eval_cfg(self, split: str = "validation") -> EvaluationConfig:
         remaining = None
         if self.cfg.budget_usd is not None:
-            remaining = max(1e-9, self.cfg.budget_usd - self.executor.usage.cost_usd)
+            remaining = max(1e-9, self.cfg.budget_usd - self._spent_usd())
         return EvaluationConfig(
             split=split, concurrency=self.cfg.concurrency, timeout_s=self.cfg.timeout_s, budget_usd=remaining
         )
@@ -137,7 +144,7 @@ class Optimizer:
         return result
 
     def _budget_spent(self) -> bool:
-        if self.cfg.budget_usd is not None and self.executor.usage.cost_usd >= self.cfg.budget_usd:
+        if self.cfg.budget_usd is not None and self._spent_usd() >= self.cfg.budget_usd:
             self.stopped = f"the budget of ${self.cfg.budget_usd:g} is spent"
         return self.stopped is not None
 
