@@ -270,6 +270,25 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from w4s import config
+    from w4s.training.config import TrainConfig
+    from w4s.training.train import main as train_main
+
+    cfg = config.load(TrainConfig, args.train_config, config.overrides_from(args, TrainConfig))
+    summary = train_main(cfg, args.trajectories)
+    log.info(
+        "trained on %d examples for %d steps (loss %s -> %s, %s tokens/s); checkpoint: %s",
+        summary["examples"],
+        summary["steps"],
+        summary["first_loss"],
+        summary["final_loss"],
+        summary["tokens_per_second"],
+        summary["model"],
+    )
+    return 0
+
+
 def cmd_models_pull(args) -> int:
     from w4s.llm import models
 
@@ -362,6 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--executor-config", help="YAML file with GatewayConfig fields for the executor")
     with_sandbox_options(optimize)
     optimize.set_defaults(func=cmd_optimize)
+
+    from w4s.training.config import TrainConfig
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune the meta-agent on trajectories by reward-weighted regression (RLAO)",
+        description="Weighted SFT of the meta-agent on its own candidates, weight exp(reward / T). For GPUs, run "
+        "it under `accelerate launch --config_file <w4s/training/accelerate/*.yaml> -m w4s.cli train ...`.",
+    )
+    train.add_argument(
+        "--trajectories", nargs="+", required=True, help="trajectories.jsonl files from w4s optimize"
+    )
+    train.add_argument(
+        "--train-config", "--config", dest="train_config", help="YAML file with TrainConfig fields"
+    )
+    config.add_arguments(train, TrainConfig)
+    train.set_defaults(func=cmd_train)
 
     models_parser = commands.add_parser("models", help="local models")
     models_commands = models_parser.add_subparsers(dest="models_command", required=True)

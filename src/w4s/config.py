@@ -83,10 +83,25 @@ def load(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any]
 
 
 def _parse_flag(expected):
-    """Strings stay as typed (so 'off' or 'no' are not booleans); other types parse as YAML scalars."""
+    """Strings stay as typed (so 'off' or 'no' are not booleans); numbers parse as numbers (YAML would
+    read 1e-4 as a string); everything else as a YAML scalar or list."""
     origin = typing.get_origin(expected)
     allowed = typing.get_args(expected) if origin in (typing.Union, types.UnionType) else (expected,)
-    return str if str in allowed else yaml.safe_load
+    if str in allowed:
+        return str
+
+    def parse(text: str):
+        if text.strip().lower() in ("null", "none", "~"):
+            return None
+        for kind in (int, float):
+            if kind in allowed:
+                try:
+                    return kind(text)
+                except ValueError:
+                    continue
+        return yaml.safe_load(text)
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
@@ -94,6 +109,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + prefix + f.name.replace("_", "-")
+        if hints[f.name] is bool:  # `--flag` alone means true; `--flag false` turns it off
+            parser.add_argument(
+                flag,
+                dest=prefix.replace("-", "_") + f.name,
+                type=yaml.safe_load,
+                nargs="?",
+                const=True,
+                default=None,
+                help=f"{f.metadata.get('help', '')} (default: {f.default})",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=prefix.replace("-", "_") + f.name,

@@ -1,0 +1,1 @@
+"""RLAO training: trajectories -> reward-weighted chat examples -> weighted fine-tuning of the meta-agent."""

@@ -1,0 +1,52 @@
+"""Configuration of a training run (one place for the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from w4s.config import option, positive
+
+
+def _non_negative(value) -> bool:
+    return value >= 0
+
+
+@dataclass
+class TrainConfig:
+    base_model: str = option(
+        "", "base meta-agent: a local Hugging Face folder (or a hub id on machines with access)"
+    )
+    output: str = option("", "folder for the checkpoint, training_summary.json and trainer checkpoints")
+    temperature: float = option(0.4, "RWR temperature T: weight = exp(reward / T)", positive)
+    only_success_episodes: bool = option(False, "keep only episodes where some candidate earned reward >= 1")
+    drop_failed: bool = option(False, "drop candidates that never produced a runnable workflow")
+    turns: list | None = option(None, "keep only these turns (e.g. [1, 2]); None keeps all")
+    allow_uniform_weights: bool = option(False, "train even if every reward is equal (then RWR is plain SFT)")
+    max_length: int = option(4096, "longest prompt + completion in tokens", positive)
+    drop_long: bool = option(False, "drop examples longer than max_length instead of failing")
+    lora: bool = option(True, "train LoRA adapters (peft) instead of all weights")
+    lora_r: int = option(16, "LoRA rank", positive)
+    lora_alpha: int = option(32, "LoRA alpha", positive)
+    lora_dropout: float = option(0.05, "LoRA dropout", lambda v: 0 <= v < 1, "between 0 and 1")
+    merge_lora: bool = option(
+        True, "merge the adapters into the saved checkpoint (loads with plain transformers)"
+    )
+    learning_rate: float = option(1e-5, "peak learning rate", positive)
+    epochs: float = option(1.0, "passes over the data (ignored when max_steps is set)", positive)
+    max_steps: int | None = option(None, "stop after this many optimizer steps", positive)
+    batch_size: int = option(4, "examples per device per step", positive)
+    grad_accum: int = option(1, "gradient accumulation steps", positive)
+    warmup_ratio: float = option(
+        0.03, "fraction of steps for learning-rate warm-up", _non_negative, "must be 0 or more"
+    )
+    bf16: str = option(
+        "auto",
+        "auto (when the GPU supports it), true or false",
+        lambda v: v in ("auto", "true", "false"),
+        "use auto, true or false",
+    )
+    gradient_checkpointing: bool = option(False, "trade compute for memory (long contexts, 7B models)")
+    save_steps: int = option(200, "checkpoint every this many steps (resume with resume=true)", positive)
+    resume: bool = option(False, "continue from the newest checkpoint in output")
+    seed: int = option(0, "seed of data order and initialisation")
+    mlflow: bool = option(True, "log params and metrics to MLflow when MLFLOW_TRACKING_URI is set")

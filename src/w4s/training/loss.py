@@ -1,0 +1,52 @@
+"""The reward-weighted regression loss, vectorised over the batch.
+
+For example i with completion tokens c_i and weight w_i = exp(r_i / T):
+
+    l_i  = mean over t in c_i of  -log p(token_t | tokens_<t)        (per-sequence token mean)
+    loss = (1 / N) * sum_i  w_i * l_i                                 (mean over the batch)
+
+Why per sequence: each candidate is one action of the decision process, so each counts once,
+whatever the length of its reply; a per-token mean would let long replies dominate the update.
+Why 1/N and not 1/sum(w): the absolute weights are the point of RWR; normalising by their sum would
+make a batch of poor candidates pull as hard as a batch of good ones. (Gradient accumulation then
+averages micro-batches, which keeps the same expectation.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def aligned_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean NLL where ``logits[:, j]`` predicts ``targets[:, j]`` (IGNORE: no loss): [B]."""
+    mask = targets != IGNORE
+    token_nll = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.clamp(min=0).reshape(-1), reduction="none"
+    ).view(targets.shape)
+    token_nll = token_nll * mask
+    return token_nll.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of the labelled (completion) tokens of each sequence, from full-length logits: [B]."""
+    return aligned_nll(logits[:, :-1, :], labels[:, 1:])
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (per_sequence_nll(logits, labels) * weights.to(logits.device, torch.float32)).mean()
+
+
+def completion_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose next token carries loss in any row (the only logits worth computing)."""
+    return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
+
+
+def weighted_loss_on_positions(
+    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Same loss as :func:`weighted_loss`, from logits computed only at ``positions``."""
+    targets = labels[:, positions + 1]
+    return (aligned_nll(logits, targets) * weights.to(logits.device, torch.float32)).mean()

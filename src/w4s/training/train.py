@@ -1,0 +1,158 @@
+"""`w4s train`: fine-tune the meta-agent on trajectories by reward-weighted regression.
+
+``main(cfg, trajectories)`` loads the base model (a local folder; a hub id where the hub is
+reachable), builds the weighted dataset, trains with :class:`WeightedTrainer`, and writes
+``OUTPUT/model`` (loads with transformers; LoRA merged on request) and
+``OUTPUT/training_summary.json``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from w4s.errors import ConfigError, InfrastructureError
+from w4s.training.config import TrainConfig
+from w4s.training.dataset import Collator, build_examples, read_records, tokenize
+
+log = logging.getLogger(__name__)
+
+
+def load_base(cfg: TrainConfig):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not cfg.base_model:
+        raise ConfigError("pass --base-model: a local model folder (or a hub id where the hub is reachable)")
+    ref = os.path.expanduser(cfg.base_model)
+    if (ref.startswith((".", "/", "~")) or Path(ref).exists()) and not (Path(ref) / "config.json").is_file():
+        raise ConfigError(f"base model {cfg.base_model} does not exist (no config.json there)")
+    use_bf16 = cfg.bf16 == "true" or (
+        cfg.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.bfloat16 if use_bf16 else torch.float32)
+    except OSError as exc:
+        raise InfrastructureError(
+            f"could not load base model {cfg.base_model}: {str(exc).splitlines()[0]}"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    return model, tokenizer, use_bf16
+
+
+def _with_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _report_to(cfg: TrainConfig) -> list[str]:
+    if not cfg.mlflow or not os.environ.get("MLFLOW_TRACKING_URI"):
+        return []
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        log.warning("MLFLOW_TRACKING_URI is set but mlflow is not installed: not logging to MLflow")
+        return []
+    return ["mlflow"]
+
+
+def main(cfg: TrainConfig, trajectories: list[str]) -> dict:
+    import torch
+    from transformers import TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from w4s.training.trainer import WeightedTrainer
+
+    if not cfg.output:
+        raise ConfigError("pass --output: the folder for the checkpoint")
+    out = Path(cfg.output).expanduser().resolve()
+    examples = build_examples(read_records(trajectories), cfg)
+    model, tokenizer, use_bf16 = load_base(cfg)
+    rows = tokenize(examples, tokenizer, cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if cfg.lora:
+        model = _with_lora(model, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    accepted = inspect.signature(TrainingArguments.__init__).parameters
+    version_specific = {"warmup_steps": cfg.warmup_ratio}  # transformers 5: a float < 1 is a ratio
+    if "warmup_ratio" in accepted:
+        version_specific = {"warmup_ratio": cfg.warmup_ratio}
+    if "group_by_length" in accepted:
+        version_specific["group_by_length"] = True  # fewer pad tokens per batch
+    args = TrainingArguments(
+        **version_specific,
+        output_dir=str(out / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        logging_steps=1,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        bf16=use_bf16,
+        seed=cfg.seed,
+        report_to=_report_to(cfg),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,
+    )
+    trainer = WeightedTrainer(
+        model=model, args=args, train_dataset=rows, data_collator=Collator(tokenizer.pad_token_id)
+    )
+    resume = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
+    if cfg.resume and resume is None:
+        log.warning(
+            "resume was asked but %s holds no checkpoint: starting from the base model", args.output_dir
+        )
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - started
+    final = trainer.model
+    if cfg.lora and cfg.merge_lora:
+        final = final.merge_and_unload()
+    final.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    summary = {
+        "examples": len(rows),
+        "dropped_too_long": len(examples) - len(rows),
+        "tokens_per_epoch": tokens,
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 4),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "train_loss": result.training_loss,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens * (trainer.state.epoch or 0) / seconds, 1) if seconds else None,
+        "weights": {"min": min(e.weight for e in examples), "max": max(e.weight for e in examples)},
+        "rewards": sorted({e.reward for e in examples}),
+        "resumed_from": resume,
+        "model": str(out / "model"),
+        "lora": cfg.lora,
+        "merged": cfg.lora and cfg.merge_lora,
+        "config": asdict(cfg),
+    }
+    (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

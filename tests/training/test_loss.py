@@ -1,0 +1,134 @@
+"""The batched weighted loss equals a per-sample loop, and weights steer learning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.training import tiny
+from w4s.training.dataset import IGNORE, Collator
+from w4s.training.loss import completion_positions, weighted_loss, weighted_loss_on_positions
+
+
+def rows(generator):
+    out = []
+    for length, prompt in ((12, 5), (7, 3), (20, 15), (9, 8)):
+        ids = torch.randint(3, len(tiny.WORDS), (length,), generator=generator).tolist()
+        out.append(
+            {
+                "input_ids": ids,
+                "labels": [IGNORE] * prompt + ids[prompt:],
+                "weight": math.exp(float(torch.rand(1, generator=generator)) / 0.4),
+            }
+        )
+    return out
+
+
+def naive_loss(model, examples) -> torch.Tensor:
+    """The reference shape: one sample at a time, its own token mean, times its weight, averaged."""
+    total = 0.0
+    for ex in examples:
+        ids = torch.tensor([ex["input_ids"]])
+        logits = model(input_ids=ids).logits[0]
+        terms = []
+        for t in range(len(ex["input_ids"]) - 1):
+            target = ex["labels"][t + 1]
+            if target != IGNORE:
+                terms.append(-torch.log_softmax(logits[t].float(), dim=-1)[target])
+        total = total + ex["weight"] * torch.stack(terms).mean()
+    return total / len(examples)
+
+
+def test_batched_loss_equals_the_per_sample_loop():
+    model = tiny.model().eval()
+    examples = rows(torch.Generator().manual_seed(0))
+    batch = Collator(pad_id=0)(examples)
+    with torch.no_grad():
+        full = weighted_loss(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+            batch["labels"],
+            batch["weights"],
+        )
+        positions = completion_positions(batch["labels"])
+        kept = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions
+        )
+        partial = weighted_loss_on_positions(kept.logits, batch["labels"], positions, batch["weights"])
+        reference = naive_loss(model, examples)
+    assert abs(float(full) - float(reference)) < 1e-5
+    assert abs(float(partial) - float(reference)) < 1e-5
+
+
+def test_padding_is_dynamic_and_labels_mask_the_prompt():
+    batch = Collator(pad_id=0)(rows(torch.Generator().manual_seed(1)))
+    assert batch["input_ids"].shape == (4, 20)  # the longest row, not a fixed maximum
+    assert (batch["labels"][1, 7:] == IGNORE).all() and (batch["attention_mask"][1, 7:] == 0).all()
+    assert (batch["labels"][0, :5] == IGNORE).all()
+
+
+def log_prob(model, tok, prompt, completion) -> float:
+    prompt_ids = tok(
+        tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False), add_special_tokens=False
+    )["input_ids"]
+    completion_ids = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return float(sum(logp[len(prompt_ids) + i - 1, token] for i, token in enumerate(completion_ids)))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_weights_steer_learning(tmp_path, lora):
+    import json
+
+    from w4s.training.config import TrainConfig
+    from w4s.training.train import main
+
+    base = tiny.save_base(tmp_path / "base")
+    prompt = [{"role": "system", "content": "write a workflow"}, {"role": "user", "content": "task 1 2 3"}]
+    records = []
+    for i in range(8):
+        good = i % 2 == 0
+        records.append(
+            {
+                "episode": 0,
+                "turn": 1 + i // 4,
+                "candidate": i % 4,
+                "prompt_messages": prompt,
+                "reply": "good answer is 7" if good else "bad answer is 3",
+                "reward": 1.0 if good else -0.1,
+                "workflow": "x" if good else None,
+            }
+        )
+    path = tmp_path / "trajectories.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tok = tiny.tokenizer()
+    before = tiny.model()
+    gap_before = log_prob(before, tok, prompt, "good answer is 7") - log_prob(
+        before, tok, prompt, "bad answer is 3"
+    )
+    cfg = TrainConfig(
+        base_model=str(base),
+        output=str(tmp_path / "out"),
+        lora=lora,
+        lora_r=8,
+        learning_rate=3e-3 if lora else 1e-3,
+        max_steps=12,
+        batch_size=4,
+        warmup_ratio=0.0,
+        max_length=64,
+        save_steps=1000,
+        mlflow=False,
+    )
+    summary = main(cfg, [str(path)])
+    from transformers import AutoModelForCausalLM
+
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
+    gap_after = log_prob(after, tok, prompt, "good answer is 7") - log_prob(
+        after, tok, prompt, "bad answer is 3"
+    )
+    assert gap_after > gap_before + 0.5, (gap_before, gap_after)
+    assert summary["steps"] == 12 and summary["examples"] == 8 and summary["merged"] is lora
+    assert json.loads((tmp_path / "out" / "training_summary.json").read_text())["final_loss"] is not None
