@@ -156,3 +156,71 @@ def test_optimize_with_the_local_model_as_meta_agent_and_executor(model_cache, t
     report = json.loads((run / "report.json").read_text())
     assert report["meta_model"] == "local:smollm2-135m" and report["usage"]["meta"]["llm_calls"] >= 1
     assert (run / "curve.png").stat().st_size > 0 and (run / "best_workflow.py").exists()
+
+
+def test_train_smollm2_with_lora_then_reload_and_generate(model_cache, tmp_path):
+    from w4s.llm import models
+
+    base = (
+        os.path.join(model_cache, "models", "smollm2-135m")
+        if model_cache
+        else models.model_dir("smollm2-135m")
+    )
+    prompt = [
+        {"role": "system", "content": "You write workflows."},
+        {"role": "user", "content": "Solve: 2 + 3."},
+    ]
+    records = [
+        {
+            "episode": 0,
+            "turn": 1,
+            "candidate": i,
+            "prompt_messages": prompt,
+            "workflow": "x",
+            "reply": "def solver(agent, task):\n    return {'answer': 5}" if i % 2 == 0 else "I do not know.",
+            "reward": 1.0 if i % 2 == 0 else -0.1,
+        }
+        for i in range(4)
+    ]
+    data = tmp_path / "trajectories.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w4s.cli",
+            "train",
+            "--trajectories",
+            str(data),
+            "--base-model",
+            str(base),
+            "--output",
+            str(out),
+            "--lora",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--learning-rate",
+            "1e-4",
+            "--max-length",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["steps"] == 2 and summary["merged"] and summary["examples"] == 4
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    ids = tokenizer.apply_chat_template(
+        prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    generated = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] > ids["input_ids"].shape[1]
