@@ -197,7 +197,9 @@ def test_budget_stops_the_run_cleanly(tmp_path, data_dir):
         server.stop()
     assert report["stopped"] and "budget" in report["stopped"]
     spent = report["usage"]["executor"]["cost_usd"] + report["usage"]["meta"]["cost_usd"]
-    assert spent < 0.0002 + 0.0001  # at most the request in flight beyond the limit
+    # Requests already in flight when the limit is reached still complete (at most `concurrency`
+    # samples' worth, about $0.00002 each here), so the overshoot is small but not zero.
+    assert 0.0002 <= spent < 0.0002 + 8 * 0.00003
     run = tmp_path / "run"
     assert (run / "report.md").read_text().count("Stopped early") == 1
     committed = (
