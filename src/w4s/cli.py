@@ -32,11 +32,16 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _sandbox_config(args):
+def _sandbox_config(args, timeout_s: float | None = None):
+    """SandboxConfig from --config and --sandbox-* flags; ``timeout_s`` is the per-sample default when
+    --sandbox-timeout-s is not given (the evaluation's own --timeout-s)."""
     from w4s import config
     from w4s.sandbox.config import SandboxConfig
 
-    return config.load(SandboxConfig, args.config, config.overrides_from(args, SandboxConfig, "sandbox-"))
+    overrides = config.overrides_from(args, SandboxConfig, "sandbox-")
+    if overrides["timeout_s"] is None and timeout_s is not None:
+        overrides["timeout_s"] = timeout_s
+    return config.load(SandboxConfig, args.config, overrides)
 
 
 def _write_json(path: str | None, payload) -> None:
@@ -106,7 +111,6 @@ def cmd_evaluate(args) -> int:
     from w4s.evaluation import EvaluationConfig, evaluate
     from w4s.llm.config import GatewayConfig
     from w4s.llm.gateway import Gateway
-    from w4s.sandbox.config import SandboxConfig
     from w4s.tasks import get_task
 
     task = get_task(args.task)
@@ -117,10 +121,7 @@ def cmd_evaluate(args) -> int:
     gateway_cfg = config.load(
         GatewayConfig, args.executor_config, config.overrides_from(args, GatewayConfig, "executor-")
     )
-    sandbox_overrides = config.overrides_from(args, SandboxConfig, "sandbox-")
-    if sandbox_overrides["timeout_s"] is None:
-        sandbox_overrides["timeout_s"] = eval_cfg.timeout_s
-    sandbox_cfg = config.load(SandboxConfig, args.config, sandbox_overrides)
+    sandbox_cfg = _sandbox_config(args, eval_cfg.timeout_s)
     label, source = workflows.resolve(args.workflow, task.family)
     samples = task.load(eval_cfg.split, args.data_dir)
 
@@ -199,7 +200,6 @@ def cmd_optimize(args) -> int:
     from w4s.llm.config import GatewayConfig
     from w4s.llm.gateway import Gateway
     from w4s.optimizer.loop import OptimizeConfig, Optimizer
-    from w4s.sandbox.config import SandboxConfig
 
     cfg = config.load(OptimizeConfig, args.optimize_config, config.overrides_from(args, OptimizeConfig))
     executor_cfg = config.load(
@@ -209,10 +209,7 @@ def cmd_optimize(args) -> int:
     if meta_overrides["api_key_env"] is None:
         meta_overrides["api_key_env"] = "W4S_META_API_KEY,OPENAI_API_KEY"
     meta_cfg = config.load(GatewayConfig, args.meta_config, meta_overrides)
-    sandbox_overrides = config.overrides_from(args, SandboxConfig, "sandbox-")
-    if sandbox_overrides["timeout_s"] is None:
-        sandbox_overrides["timeout_s"] = cfg.timeout_s
-    sandbox_cfg = config.load(SandboxConfig, args.config, sandbox_overrides)
+    sandbox_cfg = _sandbox_config(args, cfg.timeout_s)
 
     async def run():
         executor, meta = Gateway(executor_cfg), Gateway(meta_cfg)
