@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from w4s import workflows
@@ -354,7 +354,3 @@ def _delta(before: dict, after: dict) -> dict:
         k: round(after[k] - before[k], 6) if isinstance(after[k], float) else after[k] - before[k]
         for k in after
     }
-
-
-def config_dict(cfg: OptimizeConfig) -> dict:
-    return asdict(cfg)

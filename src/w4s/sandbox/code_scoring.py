@@ -254,11 +254,3 @@ class CodeScorer:
         workers = concurrency or max(2, (os.cpu_count() or 2) * 2)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="w4s-score") as pool:
             yield from pool.map(self.check, problems)
-
-
-def check_answers(
-    problems: Iterable[CodeProblem], cfg: SandboxConfig | None = None, concurrency: int | None = None
-) -> list[CodeScore]:
-    """Score ``problems`` with a scorer of their own; results in input order."""
-    with CodeScorer(cfg) as scorer:
-        return list(scorer.check_many(problems, concurrency))

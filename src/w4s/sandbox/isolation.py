@@ -45,13 +45,6 @@ _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 
 
 @dataclass
-class Layer:
-    name: str
-    active: bool
-    detail: str
-
-
-@dataclass
 class Launch:
     """Everything needed to start one sandbox process; ``cleanup`` removes host-side leftovers."""
 
@@ -191,51 +184,6 @@ def _warn_degraded(detail: str) -> None:
         "but can see the host's files and processes. Install bubblewrap or allow user namespaces.",
         detail,
     )
-
-
-def layers(cfg: SandboxConfig) -> list[Layer]:
-    """Which guarantees this machine gives (the static view; `w4s sandbox doctor` also probes live)."""
-    works, detail, _ = _bwrap_probe()
-    use_bwrap = cfg.isolation != "process" and works
-    from w4s.sandbox.runtime import seccomp
-
-    ns = "bubblewrap namespace" if use_bwrap else f"unavailable: {detail}"
-    return [
-        Layer(
-            "network",
-            use_bwrap or (cfg.seccomp and seccomp.supported()),
-            "network namespace (no interfaces) + seccomp" if use_bwrap else "seccomp refuses new sockets",
-        ),
-        Layer("environment", True, "cleared; only LANG, PATH and MALLOC_ARENA_MAX are set"),
-        Layer("processes", use_bwrap, "PID namespace, worker is PID 1" if use_bwrap else ns),
-        Layer(
-            "filesystem",
-            use_bwrap,
-            "only system libs, Python (read-only) and a scratch tmpfs" if use_bwrap else ns,
-        ),
-        Layer(
-            "privileges",
-            True,
-            "drops to a dedicated unprivileged uid"
-            if _is_root()
-            else ("user namespace, no capabilities" if use_bwrap else "runs as the current non-root user"),
-        ),
-        Layer(
-            "seccomp",
-            cfg.seccomp and seccomp.supported(),
-            "filter on (no sockets, ptrace, namespaces, mounts, bpf)"
-            if cfg.seccomp
-            else "disabled by config",
-        ),
-        Layer(
-            "rlimits",
-            True,
-            f"cpu {cfg.cpu_seconds}s, memory {cfg.memory_mb} MiB, processes {cfg.max_processes}, "
-            f"file {cfg.file_size_mb} MiB, fds {cfg.open_files}",
-        ),
-        Layer("timeouts", True, f"SIGKILL of the process group after {cfg.timeout_s:g}s per sample"),
-        Layer("output", True, f"stdout/stderr truncated at {cfg.output_bytes} bytes per sample"),
-    ]
 
 
 def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = None) -> Launch:

@@ -357,15 +357,3 @@ def _describe_exit(info: dict) -> dict:
     return _error(
         "EarlyExit", f"the sample process exited (status {info.get('code')}) without returning an answer"
     )
-
-
-def run_workflow(
-    source: str, tasks: Iterable[Any], host: AgentHost, cfg: SandboxConfig | None = None, concurrency: int = 8
-) -> list[SampleResult]:
-    """Synchronous convenience wrapper: one sandbox, every task, results in order."""
-
-    async def main() -> list[SampleResult]:
-        async with WorkflowSandbox(source, host, cfg) as box:
-            return await box.run_many(tasks, concurrency=concurrency)
-
-    return asyncio.run(main())
