@@ -16,7 +16,7 @@ from w4s.llm.gateway import Gateway
 from w4s.llm.limits import Budget, Usage
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
-from w4s.sandbox.workflow import SampleResult, WorkflowSandbox
+from w4s.sandbox.workflow import SampleResult, WorkflowSandbox, run_lanes
 from w4s.tasks.base import Sample, Task
 
 
@@ -156,27 +156,19 @@ async def evaluate(
         task.use_scorer(scorer)
     try:
         async with WorkflowSandbox(source, _TaskHost(gateway, task, chosen), sandbox) as box:
-            queue = iter(range(len(chosen)))
 
-            async def lane() -> None:
-                for index in queue:
-                    if budget.exhausted:
-                        outcomes[index] = SampleOutcome(
-                            chosen[index].id, 0.0, None, f"not run: {budget.exhausted}", not_run=True
-                        )
-                        continue
-                    result = await box.run(chosen[index].task, index=index, timeout_s=cfg.timeout_s)
-                    outcome = await _score(task, chosen[index], result)
-                    outcomes[index] = outcome
-                    if on_sample is not None:
-                        on_sample(outcome)
+            async def one(index: int) -> None:
+                if budget.exhausted:
+                    outcomes[index] = SampleOutcome(
+                        chosen[index].id, 0.0, None, f"not run: {budget.exhausted}", not_run=True
+                    )
+                    return
+                result = await box.run(chosen[index].task, index=index, timeout_s=cfg.timeout_s)
+                outcomes[index] = await _score(task, chosen[index], result)
+                if on_sample is not None:
+                    on_sample(outcomes[index])
 
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(max(1, min(cfg.concurrency, len(chosen)))):
-                        group.create_task(lane())
-            except BaseExceptionGroup as failures:
-                raise failures.exceptions[0] from None
+            await run_lanes(len(chosen), cfg.concurrency, one)
     finally:
         if scorer is not None:
             scorer.close()

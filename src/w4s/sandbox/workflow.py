@@ -304,23 +304,34 @@ class WorkflowSandbox:
         """Run every task with at most ``concurrency`` samples in flight; results in input order."""
         items = list(tasks)
         results: list[SampleResult | None] = [None] * len(items)
-        queue = iter(enumerate(items))
 
-        async def lane() -> None:
-            for index, task in queue:
-                result = await self.run(task, index=index, timeout_s=timeout_s)
-                results[index] = result
-                if on_result is not None:
-                    on_result(result)
+        async def one(index: int) -> None:
+            results[index] = await self.run(items[index], index=index, timeout_s=timeout_s)
+            if on_result is not None:
+                on_result(results[index])
 
-        # A TaskGroup ends every lane as soon as one raises (an infrastructure failure).
-        try:
-            async with asyncio.TaskGroup() as group:
-                for _ in range(max(1, min(concurrency, len(items) or 1))):
-                    group.create_task(lane())
-        except BaseExceptionGroup as failures:
-            raise _first_leaf(failures) from None
+        await run_lanes(len(items), concurrency, one)
         return [r for r in results if r is not None]
+
+
+async def run_lanes(count: int, concurrency: int, work: Callable[[int], Awaitable[None]]) -> None:
+    """Await ``work(i)`` for every i in range(count), at most ``concurrency`` at once.
+
+    The first exception (an infrastructure failure) ends every lane and is raised as itself, not
+    wrapped in an exception group.
+    """
+    queue = iter(range(count))
+
+    async def lane() -> None:
+        for index in queue:
+            await work(index)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, min(concurrency, count))):
+                group.create_task(lane())
+    except BaseExceptionGroup as failures:
+        raise _first_leaf(failures) from None
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
