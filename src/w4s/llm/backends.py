@@ -103,7 +103,8 @@ def _retry_after(response) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
-def _estimate_tokens(text: str) -> int:
+def estimate_tokens(text: str) -> int:
+    """About four characters per token: for servers that report no usage, and for rate limiting."""
     return max(1, len(text) // 4)
 
 
@@ -192,8 +193,8 @@ class OpenAIBackend:
         prompt = usage.get("prompt_tokens")
         completion = usage.get("completion_tokens")
         if not isinstance(prompt, int) or not isinstance(completion, int):
-            prompt = sum(_estimate_tokens(str(m.get("content", ""))) for m in messages)
-            completion = sum(_estimate_tokens(t) for t in texts)
+            prompt = sum(estimate_tokens(str(m.get("content", ""))) for m in messages)
+            completion = sum(estimate_tokens(t) for t in texts)
         return Completion(texts, prompt, completion)
 
     async def aclose(self) -> None:

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from w4s.errors import ConfigError, InfrastructureError
-from w4s.llm.backends import OPENAI_URL, Backend, Completion, OpenAIBackend, Rejected, Retryable, Unreachable
+from w4s.llm.backends import (
+    OPENAI_URL,
+    Backend,
+    Completion,
+    OpenAIBackend,
+    Rejected,
+    Retryable,
+    Unreachable,
+    estimate_tokens,
+)
 from w4s.llm.cache import ResponseCache, request_key
 from w4s.llm.config import GatewayConfig
 from w4s.llm.limits import Budget, RateLimiter, Usage
@@ -217,7 +226,7 @@ class Gateway:
     ) -> Completion:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.cfg.concurrency)
-        estimate = sum(len(str(m.get("content", ""))) for m in messages) // 4 + max_tokens * n
+        estimate = sum(estimate_tokens(str(m.get("content", ""))) for m in messages) + max_tokens * n
         retries = connects = 0
         while True:
             self.budget.check()

@@ -168,7 +168,7 @@ class Optimizer:
         best = max((b["valid_score"] for b in baselines.values()), default=0.0)
         state = TurnState(best_score=best, previous_score=best)
         for turn in sorted({r["turn"] for r in self.store if r["episode"] == self.cfg.episode}):
-            selected = self.store.mark_selected(self.cfg.episode, turn)
+            selected = self.store.selected(self.cfg.episode, turn)
             if selected is None:
                 continue
             state.history.append(selected)

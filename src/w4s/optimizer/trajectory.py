@@ -90,7 +90,7 @@ class TrajectoryStore:
         self.records.append(record)
         self._keys.add(key)
 
-    def mark_selected(self, episode: int, turn: int) -> dict | None:
+    def selected(self, episode: int, turn: int) -> dict | None:
         """The record chosen at (episode, turn), from the ``selected`` flags written with it."""
         for record in self.records:
             if record["episode"] == episode and record["turn"] == turn and record["selected"]:

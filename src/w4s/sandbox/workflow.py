@@ -125,7 +125,6 @@ class WorkflowSandbox:
             self._box.close()
         self._box = Sandbox(self.cfg, {WORKFLOW_FILE: self.source})
         self.load_error = self._box.load_error
-        self._stopping = asyncio.Event()
 
     async def close(self) -> None:
         if self._box is not None:

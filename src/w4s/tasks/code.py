@@ -129,10 +129,6 @@ class MBPP(_CodeTask):
         what="MBPP: write a short Python function from a one-line description."
     )
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._public: dict[str, list[str]] | None = None
-
     def _load(self, split: str, data_dir: Path) -> list[Sample]:
         rows = _read_jsonl(data_dir / "mbpp" / SPLIT_FILES[split])
         # public_test.jsonl is line-aligned with test.jsonl followed by validate.jsonl.
