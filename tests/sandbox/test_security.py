@@ -526,13 +526,16 @@ def test_forged_error_reports_are_bounded(cfg):
 def test_siblings_cannot_read_each_others_scratch(cfg):
     source = hostile("""
         open('note.txt', 'w').write('private')
-        time.sleep(0.5)
+        deadline = time.time() + 2.5  # wait until the sibling's scratch exists (their starts may be apart)
+        while len(os.listdir('/scratch')) < 2 and time.time() < deadline:
+            time.sleep(0.01)
         seen = []
         for entry in os.listdir('/scratch'):
             try:
                 seen.append(open(f'/scratch/{entry}/note.txt').read())
             except OSError as exc:
                 seen.append(type(exc).__name__)
+        time.sleep(0.5)  # stay until the sibling has tried ours
         return sorted(seen)
     """)
     results = run(source, ["a", "b"], cfg, concurrency=2)
