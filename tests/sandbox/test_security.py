@@ -93,9 +93,20 @@ def test_other_processes_environ_is_unreadable(cfg):
 
 
 def test_host_processes_are_invisible(cfg):
-    result = contained("return sorted(int(p) for p in os.listdir('/proc') if p.isdigit())", cfg)
-    assert len(result.answer) <= 4  # zygote, this sample, its neighbour (and a finishing one)
-    assert result.answer[0] == 1
+    result = contained(
+        """
+        pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+        def parent(pid):
+            stat = open(f'/proc/{pid}/stat').read()
+            return int(stat[stat.rfind(')') + 2 :].split()[1])
+        return [[pid, parent(pid)] for pid in pids]
+        """,
+        cfg,
+    )
+    # The zygote (PID 1 of the sandbox) and its children: samples and the jobs it forked ahead.
+    assert result.answer[0] == [1, 0]
+    assert all(ppid == 1 for _, ppid in result.answer[1:])
+    assert len(result.answer) <= 4 + cfg.warm_jobs
 
 
 # --- network ---------------------------------------------------------------------------------------

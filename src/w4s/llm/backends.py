@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import email.utils
 import functools
-import itertools
-import math
 import ssl
 import time
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from typing import Protocol
 import openai
 
 from w4s.errors import InfrastructureError
+from w4s.llm.transport import StreamTransport, proxy_configured
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -117,26 +116,24 @@ class OpenAIBackend:
         self.model = model
         self.base_url = base_url.rstrip("/")
         self._official = self.base_url.startswith(OPENAI_URL)
-        # Several clients with small connection pools: the HTTP pool scans every connection on each
-        # request, which at 32 connections costs more host CPU than the request itself.
-        transport = _transport_module()
-        verify = (
-            _shared_tls_context() if self.base_url.startswith("https://") else False
-        )  # one TLS setup, not N
-        self.clients = [
-            openai.AsyncOpenAI(
-                api_key=api_key or "unused",
-                base_url=self.base_url,
-                max_retries=0,
-                timeout=timeout_s,
-                http_client=openai.DefaultAsyncHttpxClient(
-                    limits=transport.Limits(max_connections=_POOL, max_keepalive_connections=_POOL),
-                    verify=verify,
-                ),
+        verify = _shared_tls_context() if self.base_url.startswith("https://") else None
+        if proxy_configured(self.base_url):
+            # The environment routes this endpoint through a proxy: the client's own transport
+            # knows how; ours does not.
+            http_client = openai.DefaultAsyncHttpxClient(
+                limits=_transport_module().Limits(max_connections=connections), verify=verify or False
             )
-            for _ in range(max(1, math.ceil(connections / _POOL)))
-        ]
-        self._turn = itertools.cycle(self.clients)
+        else:
+            http_client = openai.DefaultAsyncHttpxClient(
+                transport=StreamTransport(verify, max_connections=connections)
+            )
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key or "unused",
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=http_client,
+        )
 
     async def generate(
         self,
@@ -158,7 +155,7 @@ class OpenAIBackend:
             # The client's generic POST: same transport, errors and headers as
             # chat.completions.create, without its per-request parameter and model transforms,
             # which cost more CPU than everything else on the host at high request rates.
-            raw = await next(self._turn).post("/chat/completions", cast_to=_RAW_RESPONSE, body=kwargs)
+            raw = await self.client.post("/chat/completions", cast_to=_RAW_RESPONSE, body=kwargs)
             response = raw.json()
         except openai.RateLimitError as exc:
             raise Retryable("rate limited (429)", _retry_after(exc.response)) from None
@@ -198,8 +195,7 @@ class OpenAIBackend:
         return Completion(texts, prompt, completion)
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            await client.close()
+        await self.client.close()
 
 
 def _brief(exc: Exception) -> str:

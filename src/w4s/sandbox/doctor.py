@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from w4s.sandbox import isolation
 from w4s.sandbox.config import SandboxConfig
@@ -21,8 +21,11 @@ class Check:
 
 
 def probe(cfg: SandboxConfig, read: list[str] = (), write: list[str] = (), port: int = 9) -> dict:
-    """Run the probe job in a real sandbox and return what it saw."""
-    with Sandbox(cfg) as box:
+    """Run the probe job in a real sandbox and return what it saw.
+
+    No jobs are forked ahead, so the only processes the probe may see are the zygote and itself.
+    """
+    with Sandbox(replace(cfg, warm_jobs=0)) as box:
         host_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             box.spawn("probe", [child_end.fileno()], read=list(read), write=list(write), port=port)

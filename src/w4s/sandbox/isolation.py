@@ -277,6 +277,8 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
         json.dumps(limits),
         "--seccomp",
         "1" if cfg.seccomp else "0",
+        "--warm-jobs",
+        str(cfg.warm_jobs),
         "--sys-path",
         json.dumps(_site_dirs()),
     ]

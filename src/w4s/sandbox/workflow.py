@@ -88,6 +88,7 @@ class _Sample:
         self.job = 0
         self.exit: asyncio.Future = asyncio.get_running_loop().create_future()
         self.final: dict | None = None
+        self.answered: asyncio.Future = asyncio.get_running_loop().create_future()  # a final message came
         self.calls = 0
 
 
@@ -180,22 +181,26 @@ class WorkflowSandbox:
             stop = asyncio.ensure_future(self._stopping.wait())
             try:
                 done, _ = await asyncio.wait(
-                    {sample.exit, stop}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+                    {sample.exit, sample.answered, stop},
+                    timeout=timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 stop.cancel()
-            if sample.exit not in done:
-                timed_out = not self._stopping.is_set()
+            if not done or stop in done:
+                timed_out = not done
                 self._box.kill(sample.job)
                 try:
                     await asyncio.wait_for(asyncio.shield(sample.exit), _EXIT_GRACE_S)
                 except TimeoutError:
                     pass
-            exit_info = sample.exit.result() if sample.exit.done() else {"lost": True}
-            # The child is gone; give the channels a moment to deliver what it wrote.
+            # The child has answered (it exits right after) or is gone: its channels end with it.
             await asyncio.wait({rpc_task, out_task}, timeout=1.0)
         finally:
-            if not sample.exit.done():  # cancelled: the job must not outlive its caller
+            # An answered sample is not kept waiting for the zygote's exit report (it reaps and
+            # sweeps in the background), but whatever is left of the job is killed now: a workflow
+            # that forged its final message must not keep running. Also when cancelled.
+            if not sample.exit.done():
                 self._box.kill(sample.job)
             for task_ in (rpc_task, out_task, *pending):
                 if task_ is not None:
@@ -225,7 +230,12 @@ class WorkflowSandbox:
         elif final is not None and final.get("op") == "failed" and isinstance(final.get("error"), dict):
             result.error = _sanitise(final["error"])
         else:
-            result.error = _describe_exit(exit_info)
+            if not sample.exit.done():  # a malformed final message: say how the job ended
+                try:
+                    await asyncio.wait_for(asyncio.shield(sample.exit), _EXIT_GRACE_S)
+                except TimeoutError:
+                    pass
+            result.error = _describe_exit(sample.exit.result() if sample.exit.done() else {"lost": True})
         return result
 
     async def _drain_output(self, reader: asyncio.StreamReader, output: bytearray) -> None:
@@ -265,6 +275,8 @@ class WorkflowSandbox:
                     task.add_done_callback(pending.discard)
                 elif op in ("done", "failed"):
                     sample.final = message
+                    if not sample.answered.done():
+                        sample.answered.set_result(None)
         except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError) as exc:
             if isinstance(exc, protocol.ProtocolError) and sample.final is None:
                 sample.final = {"op": "failed", "error": _error("ProtocolError", str(exc))}

@@ -52,53 +52,70 @@ class AgentError(RuntimeError):
 
 
 class _Channel:
-    """Thread-safe request/response multiplexing over the sample's private socket."""
+    """Request/response over the sample's private socket; safe for workflows that call from threads.
+
+    There is no reader thread: a thread waiting for its reply reads the socket itself (the leader),
+    hands other threads' replies to them, and passes the role on once its own reply has arrived.
+    A sequential workflow therefore makes each call with one send and one receive, no thread switch.
+    """
 
     def __init__(self, sock):
         self._sock = sock
         self._send_lock = threading.Lock()
-        self._pending: dict[int, list] = {}
         self._cond = threading.Condition()
+        self._replies: dict[int, dict] = {}
+        self._waiting: set[int] = set()
         self._next_id = 0
-        self._reader = None
-        self._closed = None
-
-    def _read_loop(self):
-        try:
-            while True:
-                message = protocol.recv(self._sock)
-                with self._cond:
-                    slot = self._pending.get(message.get("id"))
-                    if slot is not None:
-                        slot.append(message)
-                        self._cond.notify_all()
-        except (EOFError, OSError, protocol.ProtocolError) as exc:
-            with self._cond:
-                self._closed = f"channel to the host closed: {exc}"
-                self._cond.notify_all()
+        self._reading = False
+        self._closed: str | None = None
 
     def request(self, method: str, params: dict):
         with self._cond:
-            if self._reader is None:
-                self._reader = threading.Thread(target=self._read_loop, name="w4s-rpc", daemon=True)
-                self._reader.start()
             self._next_id += 1
             call_id = self._next_id
-            slot: list = []
-            self._pending[call_id] = slot
-        with self._send_lock:
-            protocol.send(self._sock, {"op": "call", "id": call_id, "method": method, "params": params})
-        with self._cond:
-            while not slot and self._closed is None:
-                self._cond.wait()
-            self._pending.pop(call_id, None)
-            if not slot:
-                raise AgentError(self._closed)
-        reply = slot[0]
+            self._waiting.add(call_id)
+        try:
+            with self._send_lock:
+                protocol.send(self._sock, {"op": "call", "id": call_id, "method": method, "params": params})
+            reply = self._await(call_id)
+        finally:
+            with self._cond:
+                self._waiting.discard(call_id)
+                self._replies.pop(call_id, None)
         if not reply.get("ok"):
             error = reply.get("error") or {}
             raise AgentError(f"{error.get('type', 'Error')}: {error.get('message', '')}")
         return protocol.decode(reply.get("value"))
+
+    def _await(self, call_id: int) -> dict:
+        with self._cond:
+            while True:
+                if call_id in self._replies:
+                    return self._replies.pop(call_id)
+                if self._closed is not None:
+                    raise AgentError(self._closed)
+                if not self._reading:
+                    self._reading = True  # this thread reads until its own reply arrives
+                    break
+                self._cond.wait()
+        try:
+            while True:
+                try:
+                    message = protocol.recv(self._sock)
+                except (EOFError, OSError, protocol.ProtocolError) as exc:
+                    with self._cond:
+                        self._closed = f"channel to the host closed: {exc}"
+                    raise AgentError(self._closed) from None
+                if message.get("id") == call_id:
+                    return message
+                with self._cond:
+                    if message.get("id") in self._waiting:
+                        self._replies[message["id"]] = message
+                        self._cond.notify_all()
+        finally:
+            with self._cond:
+                self._reading = False
+                self._cond.notify_all()  # another waiting thread takes over reading
 
 
 def _as_messages(messages) -> list[dict]:

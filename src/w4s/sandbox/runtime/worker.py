@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the 
 
 import argparse
 import ctypes
+import gc
 import json
 import os
 import resource
@@ -65,8 +66,11 @@ _WARM_MODULES = (
 )
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 def _prctl(option: int, value: int) -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    _LIBC.prctl(option, value, 0, 0, 0)
 
 
 def _error_info(exc: BaseException, filename: str, source_lines: list[str]) -> dict:
@@ -93,6 +97,8 @@ class Zygote:
         self.limits = args.limits
         self.me = os.getpid()
         self.running: dict[int, tuple[int, int | None]] = {}  # pid -> (job id, uid)
+        self.ready: dict[int, socket.socket] = {}  # pid -> channel of a child forked ahead, waiting for a job
+        self._private_fds: list[int] = []
         self.workflow = None
         self.workflow_lines: list[str] = []
 
@@ -137,8 +143,16 @@ class Zygote:
         selector = selectors.DefaultSelector()
         selector.register(self.ctrl, selectors.EVENT_READ, "ctrl")
         selector.register(wake_r, selectors.EVENT_READ, "wake")
+        self._private_fds = [selector.fileno(), wake_r, wake_w, self.ctrl.fileno()]
+        gc.collect()
+        gc.freeze()  # jobs inherit these objects: collections in a job must not touch (copy) their pages
         while True:
-            for key, _ in selector.select():
+            # Keep a few jobs forked ahead of demand, but only while no request is waiting.
+            events = selector.select(0 if len(self.ready) < self.args.warm_jobs else None)
+            if not events:
+                self.fork_ready()
+                continue
+            for key, _ in events:
                 if key.data == "wake":
                     try:
                         os.read(wake_r, 4096)
@@ -151,18 +165,7 @@ class Zygote:
                     return
                 message = json.loads(data)
                 if message.get("op") == "spawn":
-                    pid = os.fork()
-                    if pid == 0:
-                        selector.close()
-                        signal.set_wakeup_fd(-1)
-                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                        os.close(wake_r)
-                        os.close(wake_w)
-                        self.ctrl.close()
-                        self.child(message, fds)
-                    for fd in fds:
-                        os.close(fd)
-                    self.running[pid] = (message["id"], self.job_uid(message["id"]))
+                    self.start_job(message, data, fds)
                 elif message.get("op") == "kill":
                     for pid, (job, _uid) in list(self.running.items()):
                         if job == message.get("id"):
@@ -170,6 +173,60 @@ class Zygote:
                 else:
                     for fd in fds:
                         os.close(fd)
+
+    def start_job(self, message: dict, data: bytes, fds: list[int]) -> None:
+        """Hand the job to a ready child, or fork one for it now; the zygote keeps none of its fds."""
+        pid = None
+        while self.ready and pid is None:
+            candidate, channel = self.ready.popitem()
+            try:
+                socket.send_fds(channel, [data], fds)
+                pid = candidate
+            except OSError:  # it died while waiting: reaped later
+                self.kill_job(candidate)
+            channel.close()
+        if pid is None:
+            pid = os.fork()
+            if pid == 0:
+                self.close_private_fds()
+                self.child(message, fds)
+        for fd in fds:
+            os.close(fd)
+        self.running[pid] = (message["id"], self.job_uid(message["id"]))
+
+    def fork_ready(self) -> None:
+        """Fork a child that prepares itself and waits for a job (fork and page copies off the critical path)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            self.close_private_fds()
+            status = 70
+            try:
+                self.detach()
+                data, fds, _flags, _addr = socket.recv_fds(theirs, 65536, 4)
+                theirs.close()
+                if data:
+                    self.child(json.loads(data), fds, detached=True)
+                status = 0
+            except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
+                pass
+            os._exit(status)
+        theirs.close()
+        self.ready[pid] = ours
+
+    def close_private_fds(self) -> None:
+        """In a fresh child: drop the zygote's control channel, its selector and other children's channels."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in self._private_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for channel in self.ready.values():
+            channel.close()
+        self.ready = {}
 
     def job_uid(self, job: int) -> int | None:
         if self.args.uid_base is None:
@@ -191,6 +248,10 @@ class Zygote:
                 break
             if pid == 0:
                 break
+            channel = self.ready.pop(pid, None)
+            if channel is not None:  # a ready child died before it had a job
+                channel.close()
+                continue
             job = self.running.pop(pid, None)
             if job is None:
                 continue
@@ -221,23 +282,29 @@ class Zygote:
                 else:
                     with open(f"/proc/{entry}/stat", "rb") as handle:
                         stat = handle.read()
-                    if int(stat[stat.rfind(b")") + 2 :].split()[1]) != self.me or pid in self.running:
+                    ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
+                    if ppid != self.me or pid in self.running or pid in self.ready:
                         continue
                 os.kill(pid, signal.SIGKILL)
             except (OSError, ValueError, IndexError):
                 continue
 
     # --- a job -----------------------------------------------------------------------------------
-    def child(self, message: dict, fds: list[int]) -> None:
+    def detach(self) -> None:
+        """The first steps of every job, before it knows which: own session, die with the zygote."""
+        os.setsid()
+        os.umask(0o077)  # nothing a job writes is readable by its siblings
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a job never outlives its zygote
+        if os.getppid() != self.me:
+            os._exit(70)
+
+    def child(self, message: dict, fds: list[int], detached: bool = False) -> None:
         """Body of a forked job. Never returns."""
         status = 0
         try:
             job = message["id"]
-            os.setsid()
-            os.umask(0o077)  # nothing a job writes is readable by its siblings
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # a job never outlives its zygote
-            if os.getppid() != self.me:
-                os._exit(70)
+            if not detached:
+                self.detach()
             uid = self.job_uid(job)
             if uid is not None:
                 os.setgroups([])
@@ -390,6 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uid-base", type=int)
     parser.add_argument("--uid-span", type=int, default=10000)
     parser.add_argument("--seccomp", type=int, default=1)
+    parser.add_argument("--warm-jobs", type=int, default=0)
     parser.add_argument("--sys-path", type=json.loads, default=[])
     args = parser.parse_args(argv)
     ctrl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=args.ctrl_fd)
