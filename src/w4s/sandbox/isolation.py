@@ -15,6 +15,7 @@ Two backends:
 
 from __future__ import annotations
 
+import compileall
 import functools
 import itertools
 import json
@@ -261,30 +262,32 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
         env["HOME"] = scratch
         argv = []
         cwd = scratch
-    argv += [
-        python,
-        "-I",
-        "-S",
-        "-B",
-        f"{runtime}/worker.py",
-        "--ctrl-fd",
-        str(ctrl_fd),
-        "--code-dir",
-        code,
-        "--scratch",
-        scratch,
-        "--limits",
-        json.dumps(limits),
-        "--seccomp",
-        "1" if cfg.seccomp else "0",
-        "--warm-jobs",
-        str(cfg.warm_jobs),
-        "--sys-path",
-        json.dumps(_site_dirs()),
-    ]
+    settings = {
+        "ctrl_fd": ctrl_fd,
+        "code_dir": code,
+        "scratch": scratch,
+        "limits": limits,
+        "seccomp": cfg.seccomp,
+        "warm_jobs": cfg.warm_jobs,
+        "sys_path": _site_dirs(),
+    }
     if uid_base is not None:
-        argv += ["--uid-base", str(uid_base), "--uid-span", str(_UID_SPAN_PER_SANDBOX - 1)]
+        settings.update(uid_base=uid_base, uid_span=_UID_SPAN_PER_SANDBOX - 1)
+    _compile_runtime()
+    # The worker is imported, not run as a script, so its byte code comes from the cache as well.
+    entry = f"import sys; sys.path.insert(0, {runtime!r}); import worker; worker.main()"
+    argv += [python, "-I", "-S", "-B", "-c", entry, json.dumps(settings)]
     return Launch(argv=argv, env=env, cwd=cwd, pass_fds=(ctrl_fd,), host_dirs=host_dirs)
+
+
+@functools.cache
+def _compile_runtime() -> None:
+    """Byte-compile the runtime beside its sources once per process, so that a sandbox does not
+    compile it at every start (skipped where the package is read-only: installers compile it)."""
+    if not compileall.compile_dir(str(RUNTIME_DIR), maxlevels=0, quiet=2):
+        log.debug(
+            "could not byte-compile the sandbox runtime in %s; sandboxes compile it at start", RUNTIME_DIR
+        )
 
 
 def spawn(launch: Launch) -> subprocess.Popen:

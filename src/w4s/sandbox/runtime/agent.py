@@ -7,12 +7,11 @@ W4S reference workflows, so their code runs unchanged.
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import re
 import signal
-import subprocess
-import threading
 
 import protocol
 
@@ -57,39 +56,46 @@ class _Channel:
     There is no reader thread: a thread waiting for its reply reads the socket itself (the leader),
     hands other threads' replies to them, and passes the role on once its own reply has arrived.
     A sequential workflow therefore makes each call with one send and one receive, no thread switch.
+    Built on ``_thread`` locks: importing ``threading`` would add its fork handler to every job.
     """
 
     def __init__(self, sock):
         self._sock = sock
-        self._send_lock = threading.Lock()
-        self._cond = threading.Condition()
+        self._send_lock = _thread.allocate_lock()
+        self._state = _thread.allocate_lock()  # guards the fields below
         self._replies: dict[int, dict] = {}
-        self._waiting: set[int] = set()
+        self._wakers: dict[int, object] = {}  # call id -> lock its thread blocks on while it waits
         self._next_id = 0
         self._reading = False
         self._closed: str | None = None
 
     def request(self, method: str, params: dict):
-        with self._cond:
+        waker = _thread.allocate_lock()
+        waker.acquire()
+        with self._state:
             self._next_id += 1
             call_id = self._next_id
-            self._waiting.add(call_id)
+            self._wakers[call_id] = waker
         try:
             with self._send_lock:
                 protocol.send(self._sock, {"op": "call", "id": call_id, "method": method, "params": params})
-            reply = self._await(call_id)
+            reply = self._await(call_id, waker)
         finally:
-            with self._cond:
-                self._waiting.discard(call_id)
+            with self._state:
+                self._wakers.pop(call_id, None)
                 self._replies.pop(call_id, None)
         if not reply.get("ok"):
             error = reply.get("error") or {}
             raise AgentError(f"{error.get('type', 'Error')}: {error.get('message', '')}")
         return protocol.decode(reply.get("value"))
 
-    def _await(self, call_id: int) -> dict:
-        with self._cond:
-            while True:
+    def _wake(self, waker) -> None:  # with self._state held
+        if waker.locked():
+            waker.release()
+
+    def _await(self, call_id: int, waker) -> dict:
+        while True:
+            with self._state:
                 if call_id in self._replies:
                     return self._replies.pop(call_id)
                 if self._closed is not None:
@@ -97,25 +103,27 @@ class _Channel:
                 if not self._reading:
                     self._reading = True  # this thread reads until its own reply arrives
                     break
-                self._cond.wait()
+            waker.acquire()  # until the leader hands over a reply or the reading role
         try:
             while True:
                 try:
                     message = protocol.recv(self._sock)
                 except (EOFError, OSError, protocol.ProtocolError) as exc:
-                    with self._cond:
+                    with self._state:
                         self._closed = f"channel to the host closed: {exc}"
                     raise AgentError(self._closed) from None
                 if message.get("id") == call_id:
                     return message
-                with self._cond:
-                    if message.get("id") in self._waiting:
+                with self._state:
+                    other = self._wakers.get(message.get("id"))
+                    if other is not None:
                         self._replies[message["id"]] = message
-                        self._cond.notify_all()
+                        self._wake(other)
         finally:
-            with self._cond:
+            with self._state:
                 self._reading = False
-                self._cond.notify_all()  # another waiting thread takes over reading
+                for other in self._wakers.values():  # a waiting thread takes over reading
+                    self._wake(other)
 
 
 def _as_messages(messages) -> list[dict]:
@@ -213,6 +221,8 @@ class Agent:
         Returns the value of ``solution()`` (when the code defines it) or of the final expression,
         as a string; otherwise what the code printed. Errors come back as ``"Error: Type: msg"``.
         """
+        import subprocess  # here, not at the top: it imports threading, whose fork handler every job would run
+
         timeout = max(0.1, min(float(timeout), float(self._code_limits["timeout"])))
         limits = {"cpu": max(1, int(timeout) + 1)}
         try:

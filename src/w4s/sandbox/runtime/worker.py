@@ -27,7 +27,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's dir out
 
-import argparse
 import ctypes
 import gc
 import json
@@ -118,9 +117,29 @@ class Zygote:
                 applied["seccomp"] = "unsupported architecture"
         if self.me != 1:
             _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-        for name in _WARM_MODULES:
-            __import__(name)
         return applied
+
+    def warm_up(self) -> list[str]:
+        """Import, once for all jobs, the common modules the workflow imports (all of them when there
+        is no workflow: candidate programs for code scoring). Only what is used: each module
+        imported here is copied into every job, and ``threading`` adds a handler to every fork."""
+        names: set[str] = set()
+        if self.workflow is not None:
+            code_objects = [self.workflow]
+            while code_objects:
+                code = code_objects.pop()
+                names.update(code.co_names)
+                code_objects.extend(c for c in code.co_consts if isinstance(c, type(code)))
+        warmed = []
+        for module in _WARM_MODULES:
+            first, _, last = module.partition(".")
+            if self.workflow is None or module in names or (last and first in names and last in names):
+                try:
+                    __import__(module)
+                    warmed.append(module)
+                except ImportError:
+                    pass
+        return warmed
 
     def compile_workflow(self) -> dict | None:
         path = os.path.join(self.args.code_dir, WORKFLOW_FILE)
@@ -448,18 +467,37 @@ class Zygote:
         protocol.send(rpc, {"op": "probe", "report": report})
 
 
+class Settings:
+    """The zygote's settings: one JSON object on the command line (the host writes it)."""
+
+    def __init__(
+        self,
+        ctrl_fd: int,
+        code_dir: str,
+        scratch: str,
+        limits: dict,
+        uid_base: int | None = None,
+        uid_span: int = 10000,
+        seccomp: bool = True,
+        warm_jobs: int = 0,
+        sys_path: list | None = None,
+    ):
+        self.ctrl_fd = ctrl_fd
+        self.code_dir = code_dir
+        self.scratch = scratch
+        self.limits = limits
+        self.uid_base = uid_base
+        self.uid_span = uid_span
+        self.seccomp = seccomp
+        self.warm_jobs = warm_jobs
+        self.sys_path = sys_path or []
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--ctrl-fd", type=int, required=True)
-    parser.add_argument("--code-dir", required=True)
-    parser.add_argument("--scratch", required=True)
-    parser.add_argument("--limits", type=json.loads, required=True)
-    parser.add_argument("--uid-base", type=int)
-    parser.add_argument("--uid-span", type=int, default=10000)
-    parser.add_argument("--seccomp", type=int, default=1)
-    parser.add_argument("--warm-jobs", type=int, default=0)
-    parser.add_argument("--sys-path", type=json.loads, default=[])
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: worker.py SETTINGS_JSON")
+    args = Settings(**json.loads(argv[0]))
     ctrl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=args.ctrl_fd)
     zygote = Zygote(args, ctrl)
     applied = zygote.harden()
@@ -467,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(args.scratch, exist_ok=True)
     os.chdir(args.scratch)
     load_error = zygote.compile_workflow()
+    applied["warm_modules"] = zygote.warm_up()
     ctrl.send(json.dumps({"op": "started", "applied": applied, "load_error": load_error}).encode())
     zygote.serve()
 
