@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from tests.conftest import ScriptedServer  # noqa: E402
 
+from w4s.cli import settle_heap  # noqa: E402
 from w4s.evaluation import EvaluationConfig, evaluate  # noqa: E402
 from w4s.llm.config import GatewayConfig  # noqa: E402
 from w4s.llm.gateway import Gateway  # noqa: E402
@@ -78,16 +79,18 @@ def main() -> None:
     pool = task.load("test", args.data_dir) + task.load("validation", args.data_dir)
     server = ScriptedServer({"latency_ms": 200, "default": "echo"})
     try:
-        latency_runs = [
-            asyncio.run(timed(THREE_CALLS, server, pool[: args.samples], args.concurrency))
-            for _ in range(args.repeats)
-        ]
+        latency_runs = []
+        for _ in range(args.repeats):
+            settle_heap()  # as `w4s evaluate` does before its run
+            latency_runs.append(
+                asyncio.run(timed(THREE_CALLS, server, pool[: args.samples], args.concurrency))
+            )
         server.script(latency_ms=0, default="echo")
-        throughput_runs = [
-            args.throughput_samples
-            / asyncio.run(timed(ONE_CALL, server, pool[: args.throughput_samples], 32))
-            for _ in range(args.repeats)
-        ]
+        throughput_runs = []
+        for _ in range(args.repeats):
+            settle_heap()
+            seconds = asyncio.run(timed(ONE_CALL, server, pool[: args.throughput_samples], 32))
+            throughput_runs.append(args.throughput_samples / seconds)
     finally:
         server.stop()
     ideal = math.ceil(args.samples / args.concurrency) * 3 * 0.2

@@ -7,7 +7,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,8 @@ async def evaluate(
     if task.family == "code":
         scorer = CodeScorer(sandbox)  # created here: its sandbox follows this thread's lifetime
         task.use_scorer(scorer)
+    if sandbox.warm_jobs is None:  # a ready job for every lane, so a lane never waits for a fork
+        sandbox = replace(sandbox, warm_jobs=min(cfg.concurrency, len(chosen)))
     try:
         async with WorkflowSandbox(source, _TaskHost(gateway, task, chosen), sandbox) as box:
 

@@ -106,7 +106,7 @@ def test_host_processes_are_invisible(cfg):
     # The zygote (PID 1 of the sandbox) and its children: samples and the jobs it forked ahead.
     assert result.answer[0] == [1, 0]
     assert all(ppid == 1 for _, ppid in result.answer[1:])
-    assert len(result.answer) <= 4 + cfg.warm_jobs
+    assert len(result.answer) <= 4 + (cfg.warm_jobs or 0)
 
 
 # --- network ---------------------------------------------------------------------------------------

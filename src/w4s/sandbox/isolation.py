@@ -268,7 +268,7 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
         "scratch": scratch,
         "limits": limits,
         "seccomp": cfg.seccomp,
-        "warm_jobs": cfg.warm_jobs,
+        "warm_jobs": cfg.warm_jobs or 0,
         "sys_path": _site_dirs(),
     }
     if uid_base is not None:

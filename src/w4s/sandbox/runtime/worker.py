@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the 
 
 import ctypes
 import gc
+import io
 import json
 import os
 import resource
@@ -36,6 +37,7 @@ import selectors
 import shutil
 import signal
 import socket
+import time
 import traceback
 
 import agent
@@ -46,6 +48,15 @@ CANDIDATE_FILE = "candidate.py"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
+_QUIET_S = 0.05  # jobs are forked ahead only after this long without requests from the host
+_LIMITS = (
+    resource.RLIMIT_AS,
+    resource.RLIMIT_FSIZE,
+    resource.RLIMIT_NOFILE,
+    resource.RLIMIT_NPROC,
+    resource.RLIMIT_CORE,
+    resource.RLIMIT_CPU,
+)
 _WARM_MODULES = (
     "re",
     "json",
@@ -70,6 +81,13 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 def _prctl(option: int, value: int) -> None:
     _LIBC.prctl(option, value, 0, 0, 0)
+
+
+def _line_stream_on(stream, fd: int) -> bool:
+    try:
+        return stream is not None and stream.fileno() == fd and stream.line_buffering
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _error_info(exc: BaseException, filename: str, source_lines: list[str]) -> dict:
@@ -165,11 +183,17 @@ class Zygote:
         self._private_fds = [selector.fileno(), wake_r, wake_w, self.ctrl.fileno()]
         gc.collect()
         gc.freeze()  # jobs inherit these objects: collections in a job must not touch (copy) their pages
+        last_request = 0.0
         while True:
-            # Keep a few jobs forked ahead of demand, but only while no request is waiting.
-            events = selector.select(0 if len(self.ready) < self.args.warm_jobs else None)
+            # Keep jobs forked ahead of demand, but only once requests have been quiet for a while:
+            # forking while samples start would take CPU from exactly the moments that are short of it.
+            timeout = None
+            if len(self.ready) < self.args.warm_jobs:
+                timeout = max(0.0, last_request + _QUIET_S - time.monotonic())
+            events = selector.select(timeout)
             if not events:
-                self.fork_ready()
+                if time.monotonic() >= last_request + _QUIET_S:
+                    self.fork_ready()
                 continue
             for key, _ in events:
                 if key.data == "wake":
@@ -182,6 +206,7 @@ class Zygote:
                 data, fds, _flags, _addr = socket.recv_fds(self.ctrl, 65536, 4)
                 if not data:
                     return
+                last_request = time.monotonic()
                 message = json.loads(data)
                 if message.get("op") == "spawn":
                     self.start_job(message, data, fds)
@@ -223,6 +248,7 @@ class Zygote:
             status = 70
             try:
                 self.detach()
+                self.rehearse()
                 data, fds, _flags, _addr = socket.recv_fds(theirs, 65536, 4)
                 theirs.close()
                 if data:
@@ -233,6 +259,30 @@ class Zygote:
             os._exit(status)
         theirs.close()
         self.ready[pid] = ours
+
+    def rehearse(self) -> None:
+        """In a child forked ahead: run the job's own (trusted) code paths once on dummy data.
+
+        Every page of the zygote a job writes to (Python writes reference counts on every object
+        it touches) is copied on first write, at several microseconds a page. Done here, while the
+        sandbox idles, those copies are no longer paid while a sample waits. Nothing of the
+        workflow runs here, and nothing here changes state a job relies on.
+        """
+        for which in _LIMITS:
+            resource.setrlimit(which, resource.getrlimit(which))
+        os.path.join(self.args.scratch, "job-0")
+        io.TextIOWrapper(io.BytesIO(), line_buffering=True).write("rehearsal\n")
+        messages = agent._as_messages("rehearsal")
+        for message in (
+            {"task": protocol.encode("rehearsal")},
+            {"op": "call", "id": 1, "method": "call_llm", "params": {"messages": messages, "n": 1}},
+            {"op": "reply", "id": 1, "ok": True, "value": protocol.encode(["rehearsal"])},
+            {"op": "done", "answer": protocol.encode({"answer": [1, 2.5, "x"]})},
+        ):
+            frame = protocol.pack(message)
+            decoded = protocol.unpack(frame[protocol.HEADER_SIZE :])
+            protocol.decode(decoded.get("value") or decoded.get("task") or decoded.get("answer"))
+        agent.Agent(agent._Channel(None), sys.executable, dict(self.limits))
 
     def close_private_fds(self) -> None:
         """In a fresh child: drop the zygote's control channel, its selector and other children's channels."""
@@ -332,7 +382,7 @@ class Zygote:
             _prctl(_PR_SET_DUMPABLE, 0)
             self.set_limits(uid is not None)
             workdir = os.path.join(self.args.scratch, f"job-{job}")
-            os.makedirs(workdir, exist_ok=True)
+            os.mkdir(workdir, 0o700)
             os.chdir(workdir)
             os.environ["HOME"] = workdir
             rpc = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fds[0])
@@ -340,8 +390,11 @@ class Zygote:
             os.dup2(out_fd, 1)
             os.dup2(out_fd, 2)
             os.close(out_fd)
-            sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-            sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+            # The zygote's own line-buffered streams on fds 1 and 2 now write to the job's output.
+            if not _line_stream_on(sys.stdout, 1):
+                sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+            if not _line_stream_on(sys.stderr, 2):
+                sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
             kind = message.get("kind")
             if kind == "sample":
                 self.run_sample(rpc)
@@ -499,6 +552,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("usage: worker.py SETTINGS_JSON")
     args = Settings(**json.loads(argv[0]))
     ctrl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=args.ctrl_fd)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # jobs print through these: line by line, so a killed job loses nothing
+            stream.reconfigure(line_buffering=True)
     zygote = Zygote(args, ctrl)
     applied = zygote.harden()
     sys.path.extend(args.sys_path)
