@@ -4,15 +4,20 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-if ! command -v bwrap >/dev/null 2>&1; then
+# bubblewrap: the sandbox; openssl: the tests make a throwaway TLS certificate with it.
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
         sudo apt-get update -qq
-        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "setup: bubblewrap is missing and cannot be installed here; the sandbox will run degraded" >&2
+        echo "setup: ${missing[*]} missing and cannot be installed here; without bubblewrap the sandbox" \
+            "runs degraded, without openssl the TLS transport test fails" >&2
     fi
 fi
 

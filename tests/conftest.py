@@ -30,8 +30,10 @@ def data_dir() -> Path:
 
 @pytest.fixture
 def cfg() -> SandboxConfig:
-    """Tight limits so hostile tests finish fast."""
-    return SandboxConfig(timeout_s=3.0, cpu_seconds=10, memory_mb=512, max_processes=32, code_timeout_s=3.0)
+    """Tight limits so hostile tests finish fast; two jobs forked ahead, as in evaluations."""
+    return SandboxConfig(
+        timeout_s=3.0, cpu_seconds=10, memory_mb=512, max_processes=32, code_timeout_s=3.0, warm_jobs=2
+    )
 
 
 def echo_host(prefix: str = "echo:") -> CallableHost:

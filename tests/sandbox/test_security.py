@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import REPO, run
 from w4s.sandbox import isolation
+from w4s.sandbox.workflow import CallableHost, WorkflowSandbox
 
 SECRET = "sk-w4s-test-secret-0123456789"
 BENIGN = "__benign__"
@@ -552,3 +553,102 @@ def test_siblings_cannot_read_each_others_scratch(cfg):
     results = run(source, ["a", "b"], cfg, concurrency=2)
     if os.geteuid() == 0:
         assert results[0].answer == ["PermissionError", "private"] and results[1].answer == results[0].answer
+
+
+def test_a_forged_final_message_does_not_keep_the_job_alive(cfg):
+    """The host takes a sample's answer as soon as it arrives; a job that forged one to keep running
+    in the background is killed all the same, with what it started. The next sample checks."""
+    source = """
+import os, sys, time, subprocess
+def solver(agent, task):
+    if task == 'attack':
+        import protocol
+        child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)
+        protocol.send(agent._channel._sock, {'op': 'done', 'answer': [os.getpid(), child.pid]})
+        while True:
+            pass
+    time.sleep(1.0)
+    alive = []
+    for pid in task:
+        try:
+            with open(f'/proc/{pid}/stat') as handle:
+                if handle.read().rsplit(')', 1)[1].split()[0] != 'Z':
+                    alive.append(pid)
+        except OSError:
+            pass
+    return alive
+"""
+
+    async def main():
+        async with WorkflowSandbox(source, CallableHost(lambda request: ["x"]), cfg) as box:
+            started = time.perf_counter()
+            attack = await box.run("attack")
+            answered = time.perf_counter() - started
+            probe = await box.run(attack.answer)
+        return attack, answered, probe
+
+    attack, answered, probe = asyncio.run(main())
+    assert len(attack.answer) == 2 and answered < cfg.timeout_s  # taken at once, not at the timeout
+    assert probe.error is None and probe.answer == []
+
+
+def test_jobs_forked_ahead_are_as_isolated_as_fresh_ones(cfg):
+    """Samples served by rehearsed, pre-forked jobs get their own uid, limits, scratch and streams."""
+    cfg.warm_jobs = 4
+    source = """
+import os, resource, sys, time
+def solver(agent, task):
+    time.sleep(0.1)  # leaves the zygote quiet long enough to refill its pool between samples
+    print('out', task)
+    return [os.getuid(), os.getcwd(), resource.getrlimit(resource.RLIMIT_NPROC)[0],
+            resource.getrlimit(resource.RLIMIT_AS)[0], sys.stdout.line_buffering, sorted(os.listdir('.'))]
+"""
+    results = run(source, [str(i) for i in range(8)], cfg, concurrency=2)
+    answers = [r.answer for r in results]
+    assert all(r.output == f"out {i}\n" for i, r in enumerate(results))
+    assert len({cwd for _, cwd, *_ in answers}) == 8  # a scratch directory of its own, empty at start
+    assert all(listing == [] for *_, listing in answers)
+    assert all(nproc == cfg.max_processes for _, _, nproc, *_ in answers) or os.geteuid() != 0
+    assert all(mem == cfg.memory_mb * 1024 * 1024 and buffered for *_, mem, buffered, _ in answers)
+    if os.geteuid() == 0:
+        assert len({uid for uid, *_ in answers}) == 8 and all(
+            uid >= isolation._UID_BASE for uid, *_ in answers
+        )
+
+
+def test_jobs_forked_ahead_end_with_their_sandbox(cfg):
+    from w4s.sandbox.host import Sandbox
+
+    cfg.warm_jobs = 3
+    box = Sandbox(cfg, {"workflow.py": "def solver(agent, task):\n    return 1\n"})
+    try:
+        zygote = box._proc.pid
+
+        def descendants() -> set[int]:
+            children: dict[int, list[int]] = {}
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    try:
+                        with open(f"/proc/{entry}/stat") as handle:
+                            parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+                    except OSError:
+                        continue
+                    children.setdefault(parent, []).append(int(entry))
+            found, todo = set(), [zygote]
+            while todo:
+                for child in children.get(todo.pop(), []):
+                    found.add(child)
+                    todo.append(child)
+            return found
+
+        deadline = time.time() + 5
+        while len(descendants()) < 4 and time.time() < deadline:  # the zygote (bwrap's child) + 3 ready
+            time.sleep(0.02)
+        before = descendants()
+        assert len(before) >= 4
+    finally:
+        box.close()
+    deadline = time.time() + 5
+    while any(os.path.exists(f"/proc/{pid}") for pid in before) and time.time() < deadline:
+        time.sleep(0.02)
+    assert not [pid for pid in before if os.path.exists(f"/proc/{pid}")]

@@ -231,3 +231,28 @@ def test_sandbox_restarts_if_it_dies(cfg):
 
     first, second = asyncio.run(main())
     assert (first.answer, second.answer) == ("a", "b")
+
+
+def test_concurrent_calls_from_threads_get_their_own_replies(cfg):
+    """Replies arrive in the reverse order of the requests; each thread still gets its own."""
+
+    async def reverse(request):
+        index = int(request["messages"][-1]["content"][1:])
+        await asyncio.sleep(0.05 * (6 - index))
+        return [f"reply to q{index}"]
+
+    source = """
+import threading
+def solver(agent, task):
+    out = [None] * 6
+    def ask(i):
+        out[i] = agent.call_llm(f"q{i}")[0]
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return out
+"""
+    result = run_one(source, cfg, host=CallableHost(reverse))
+    assert result.answer == [f"reply to q{i}" for i in range(6)]
