@@ -256,3 +256,9 @@ def solver(agent, task):
 """
     result = run_one(source, cfg, host=CallableHost(reverse))
     assert result.answer == [f"reply to q{i}" for i in range(6)]
+
+
+def test_tasks_larger_than_the_socket_buffer_arrive_whole(cfg):
+    task = "x" * 3_000_000 + "end"
+    result = run_one("def solver(agent, task):\n    return [len(task), task[-3:]]\n", cfg, task=task)
+    assert result.answer == [len(task), "end"]

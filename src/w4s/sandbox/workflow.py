@@ -154,6 +154,13 @@ class WorkflowSandbox:
         sample = _Sample()
         rpc_host, rpc_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_host, out_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The task is in the channel before the job exists, so the job never waits for this loop.
+        rpc_host.setblocking(False)
+        try:
+            sent = rpc_host.send(first_frame)
+        except BlockingIOError:
+            sent = 0
+        unsent = first_frame[sent:]
 
         def on_exit(message: dict) -> None:
             loop.call_soon_threadsafe(lambda: sample.exit.done() or sample.exit.set_result(message))
@@ -168,16 +175,36 @@ class WorkflowSandbox:
             rpc_child.close()
             out_child.close()
         output = bytearray()
+        cap = self.cfg.output_bytes + 1
+        out_fd = out_host.fileno()
+        out_host.setblocking(False)
+
+        def drain_output() -> None:
+            """Take what the job has printed so far (beyond the cap it is read and dropped, so a
+            chatty job never blocks on a full pipe)."""
+            while True:
+                try:
+                    chunk = out_host.recv(1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    loop.remove_reader(out_fd)
+                    return
+                if len(output) < cap:
+                    output.extend(chunk[: cap - len(output)])
+
+        loop.add_reader(out_fd, drain_output)
         pending: set[asyncio.Task] = set()
         timed_out = False
-        writer = out_writer = None
-        rpc_task = out_task = None
+        writer = None
+        rpc_task = None
         try:
             reader, writer = await asyncio.open_connection(sock=rpc_host)
-            out_reader, out_writer = await asyncio.open_connection(sock=out_host, limit=1 << 16)
             rpc_task = asyncio.create_task(self._serve_rpc(sample, reader, writer, pending))
-            out_task = asyncio.create_task(self._drain_output(out_reader, output))
-            writer.write(first_frame)
+            if unsent:  # a task larger than the socket buffer: the rest as the job reads
+                writer.write(unsent)
             stop = asyncio.ensure_future(self._stopping.wait())
             try:
                 done, _ = await asyncio.wait(
@@ -194,23 +221,24 @@ class WorkflowSandbox:
                     await asyncio.wait_for(asyncio.shield(sample.exit), _EXIT_GRACE_S)
                 except TimeoutError:
                     pass
-            # The child has answered (it exits right after) or is gone: its channels end with it.
-            await asyncio.wait({rpc_task, out_task}, timeout=1.0)
+            if not sample.answered.done():
+                # The job is gone: what it sent before it died is still to be read to the end.
+                await asyncio.wait({rpc_task}, timeout=1.0)
+            # An answer is taken at once: the job flushed its output before sending it, so what it
+            # printed is already in the channel, and the job is not waited for (see below).
+            drain_output()
         finally:
-            # An answered sample is not kept waiting for the zygote's exit report (it reaps and
-            # sweeps in the background), but whatever is left of the job is killed now: a workflow
-            # that forged its final message must not keep running. Also when cancelled.
+            # The zygote reaps and sweeps in the background; whatever is left of the job is killed
+            # now, so a workflow that forged its final message cannot keep running. Also when cancelled.
             if not sample.exit.done():
                 self._box.kill(sample.job)
-            for task_ in (rpc_task, out_task, *pending):
+            loop.remove_reader(out_fd)
+            for task_ in (rpc_task, *pending):
                 if task_ is not None:
                     task_.cancel()
-            await asyncio.gather(
-                *(t for t in (rpc_task, out_task, *pending) if t is not None), return_exceptions=True
-            )
-            for stream in (writer, out_writer):
-                if stream is not None:
-                    stream.close()
+            await asyncio.gather(*(t for t in (rpc_task, *pending) if t is not None), return_exceptions=True)
+            if writer is not None:
+                writer.close()
             rpc_host.close()
             out_host.close()
         result = SampleResult(index, wall_seconds=time.perf_counter() - started, llm_calls=sample.calls)
@@ -237,15 +265,6 @@ class WorkflowSandbox:
                     pass
             result.error = _describe_exit(sample.exit.result() if sample.exit.done() else {"lost": True})
         return result
-
-    async def _drain_output(self, reader: asyncio.StreamReader, output: bytearray) -> None:
-        cap = self.cfg.output_bytes + 1
-        while True:
-            chunk = await reader.read(1 << 16)
-            if not chunk:
-                return
-            if len(output) < cap:
-                output.extend(chunk[: cap - len(output)])
 
     async def _serve_rpc(self, sample: _Sample, reader, writer, pending: set) -> None:
         write_lock = asyncio.Lock()

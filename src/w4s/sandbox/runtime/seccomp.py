@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 # BPF opcodes
@@ -138,7 +137,7 @@ _ARCHES = {
 
 
 def supported() -> bool:
-    return platform.machine() in _ARCHES and hasattr(ctypes, "CDLL")
+    return os.uname().machine in _ARCHES and hasattr(ctypes, "CDLL")
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
@@ -147,7 +146,7 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
 
 def build_program(machine: str | None = None) -> bytes:
     """Return the filter as raw ``sock_filter`` instructions."""
-    spec = _ARCHES[machine or platform.machine()]
+    spec = _ARCHES[machine or os.uname().machine]
     errno_eperm = _SECCOMP_RET_ERRNO | errno.EPERM
     errno_eacces = _SECCOMP_RET_ERRNO | errno.EACCES
     errno_enosys = _SECCOMP_RET_ERRNO | errno.ENOSYS

@@ -34,11 +34,9 @@ import json
 import os
 import resource
 import selectors
-import shutil
 import signal
 import socket
 import time
-import traceback
 
 import agent
 import protocol
@@ -57,6 +55,8 @@ _LIMITS = (
     resource.RLIMIT_CORE,
     resource.RLIMIT_CPU,
 )
+# Needed only when a job fails or ends: imported once the zygote is idle, not before it can start jobs.
+_LATER_MODULES = ["traceback", "shutil"]
 _WARM_MODULES = (
     "re",
     "json",
@@ -92,6 +92,8 @@ def _line_stream_on(stream, fd: int) -> bool:
 
 def _error_info(exc: BaseException, filename: str, source_lines: list[str]) -> dict:
     info = {"type": type(exc).__name__, "message": str(exc)[:2000], "line": None, "lineno": None}
+    import traceback  # see _LATER_MODULES
+
     frames = traceback.extract_tb(exc.__traceback__)
     lineno = None
     for frame in reversed(frames):
@@ -190,9 +192,15 @@ class Zygote:
             timeout = None
             if len(self.ready) < self.args.warm_jobs:
                 timeout = max(0.0, last_request + _QUIET_S - time.monotonic())
+            if _LATER_MODULES and timeout is None:
+                timeout = 0.0
             events = selector.select(timeout)
             if not events:
-                if time.monotonic() >= last_request + _QUIET_S:
+                if _LATER_MODULES:
+                    __import__(_LATER_MODULES.pop())
+                    if not _LATER_MODULES:
+                        gc.freeze()
+                elif time.monotonic() >= last_request + _QUIET_S:
                     self.fork_ready()
                 continue
             for key, _ in events:
@@ -327,6 +335,8 @@ class Zygote:
             job_id, uid = job
             self.kill_job(pid)
             self.sweep(uid)
+            import shutil  # see _LATER_MODULES
+
             shutil.rmtree(os.path.join(self.args.scratch, f"job-{job_id}"), ignore_errors=True)
             report = {"op": "exit", "id": job_id}
             if os.WIFSIGNALED(status):
@@ -405,6 +415,8 @@ class Zygote:
         except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
             status = 70
             try:
+                import traceback
+
                 traceback.print_exc()
             except BaseException:  # noqa: BLE001 - even a broken stderr must not keep us alive
                 pass
