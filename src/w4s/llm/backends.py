@@ -14,22 +14,9 @@ from typing import Protocol
 import openai
 
 from w4s.errors import InfrastructureError
-from w4s.llm.transport import StreamTransport, proxy_configured
+from w4s.llm.transport import StreamTransport, httpx, proxy_configured
 
 OPENAI_URL = "https://api.openai.com/v1"
-
-
-_POOL = 8
-
-
-def _transport_module():
-    """The HTTP library the installed openai client is built on (httpx, or httpx2 in 3.x)."""
-    from openai import _base_client
-
-    return getattr(_base_client, "httpx2", None) or _base_client.httpx
-
-
-_RAW_RESPONSE = _transport_module().Response
 
 
 @functools.cache
@@ -121,7 +108,7 @@ class OpenAIBackend:
             # The environment routes this endpoint through a proxy: the client's own transport
             # knows how; ours does not.
             http_client = openai.DefaultAsyncHttpxClient(
-                limits=_transport_module().Limits(max_connections=connections), verify=verify or False
+                limits=httpx.Limits(max_connections=connections), verify=verify or False
             )
         else:
             http_client = openai.DefaultAsyncHttpxClient(
@@ -155,7 +142,7 @@ class OpenAIBackend:
             # The client's generic POST: same transport, errors and headers as
             # chat.completions.create, without its per-request parameter and model transforms,
             # which cost more CPU than everything else on the host at high request rates.
-            raw = await self.client.post("/chat/completions", cast_to=_RAW_RESPONSE, body=kwargs)
+            raw = await self.client.post("/chat/completions", cast_to=httpx.Response, body=kwargs)
             response = raw.json()
         except openai.RateLimitError as exc:
             raise Retryable("rate limited (429)", _retry_after(exc.response)) from None

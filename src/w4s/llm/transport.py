@@ -44,7 +44,9 @@ class _Connection:
     reused: bool = False
 
     def usable(self) -> bool:
-        return not (self.writer.is_closing() or self.reader.at_eof() or self.reader._buffer)
+        """Not closed by either side, and no stray bytes arrived while idle (a server that speaks out
+        of turn has lost track of the exchange)."""
+        return not (self.writer.is_closing() or self.reader.at_eof() or len(self.reader._buffer))
 
     def close(self) -> None:
         self.writer.close()

@@ -10,6 +10,11 @@ one fresh child per job; the child isolates itself, then runs the untrusted code
 * otherwise: the child is marked non-dumpable (no ptrace or /proc/<pid>/mem access between jobs),
   its process group is killed at the end and processes that escaped it are swept.
 
+To keep that cheap, the zygote may fork children ahead of demand while the host is quiet; such a
+child rehearses the runtime's own code paths on dummy data (so the pages they write are copied
+then) and waits for a job. It takes its uid and limits only when it gets one, exactly like a child
+forked on demand, and nothing of the workflow runs before that.
+
 Jobs:
   sample    run ``solver(agent, task)`` of the workflow (compiled once by the zygote)
   function  load a candidate program and serve calls to its functions with plain-data arguments
@@ -56,7 +61,7 @@ _LIMITS = (
     resource.RLIMIT_CPU,
 )
 # Needed only when a job fails or ends: imported once the zygote is idle, not before it can start jobs.
-_LATER_MODULES = ["traceback", "shutil"]
+_LATER_MODULES = ("traceback", "shutil")
 _WARM_MODULES = (
     "re",
     "json",
@@ -186,19 +191,20 @@ class Zygote:
         gc.collect()
         gc.freeze()  # jobs inherit these objects: collections in a job must not touch (copy) their pages
         last_request = 0.0
+        later = list(_LATER_MODULES)
         while True:
             # Keep jobs forked ahead of demand, but only once requests have been quiet for a while:
             # forking while samples start would take CPU from exactly the moments that are short of it.
             timeout = None
             if len(self.ready) < self.args.warm_jobs:
                 timeout = max(0.0, last_request + _QUIET_S - time.monotonic())
-            if _LATER_MODULES and timeout is None:
+            if later and timeout is None:
                 timeout = 0.0
             events = selector.select(timeout)
             if not events:
-                if _LATER_MODULES:
-                    __import__(_LATER_MODULES.pop())
-                    if not _LATER_MODULES:
+                if later:
+                    __import__(later.pop())
+                    if not later:
                         gc.freeze()
                 elif time.monotonic() >= last_request + _QUIET_S:
                     self.fork_ready()
