@@ -76,10 +76,19 @@ def reply_bytes(status: str = "200 OK", body: bytes | None = None, headers: tupl
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def plain(head, body, writer, state) -> bool:
-    writer.write(reply_bytes())
-    await writer.drain()
-    return True
+def after(seconds: float):
+    """A responder that answers normally after ``seconds``."""
+
+    async def respond(head, body, writer, state) -> bool:
+        await asyncio.sleep(seconds)
+        writer.write(reply_bytes())
+        await writer.drain()
+        return True
+
+    return respond
+
+
+plain = after(0)
 
 
 def client(url: str, transport: StreamTransport | None = None, timeout: float = 5.0) -> openai.AsyncOpenAI:
@@ -241,30 +250,8 @@ def test_failures_map_to_the_gateway_error_tiers():
         await writer.drain()
         return False
 
-    async def outcome(respond, timeout=5.0):
-        async with RawServer(respond) as server:
-            backend = OpenAIBackend("m", server.url, "k", timeout)
-            try:
-                await backend.generate(
-                    [{"role": "user", "content": "hi"}],
-                    n=1,
-                    temperature=0,
-                    max_tokens=5,
-                    json_mode=False,
-                    seed=None,
-                )
-            except (Retryable, Unreachable) as exc:
-                return type(exc).__name__, str(exc)
-            finally:
-                await backend.aclose()
-        return "ok", ""
-
-    async def refused():
-        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-        port = probe.sockets[0].getsockname()[1]
-        probe.close()
-        await probe.wait_closed()
-        backend = OpenAIBackend("m", f"http://127.0.0.1:{port}/v1", "k", 5.0)
+    async def generate(url: str, timeout: float = 5.0):
+        backend = OpenAIBackend("m", url, "k", timeout)
         try:
             await backend.generate(
                 [{"role": "user", "content": "hi"}],
@@ -274,11 +261,22 @@ def test_failures_map_to_the_gateway_error_tiers():
                 json_mode=False,
                 seed=None,
             )
-        except Unreachable as exc:
-            return "Unreachable", str(exc)
+        except (Retryable, Unreachable) as exc:
+            return type(exc).__name__, str(exc)
         finally:
             await backend.aclose()
         return "ok", ""
+
+    async def outcome(respond, timeout=5.0):
+        async with RawServer(respond) as server:
+            return await generate(server.url, timeout)
+
+    async def refused():
+        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = probe.sockets[0].getsockname()[1]
+        probe.close()
+        await probe.wait_closed()
+        return await generate(f"http://127.0.0.1:{port}/v1")
 
     async def main():
         return {
@@ -296,14 +294,8 @@ def test_failures_map_to_the_gateway_error_tiers():
 
 
 def test_the_connection_cap_holds():
-    async def slow(head, body, writer, state) -> bool:
-        await asyncio.sleep(0.05)
-        writer.write(reply_bytes())
-        await writer.drain()
-        return True
-
     async def main():
-        async with RawServer(slow) as server:
+        async with RawServer(after(0.05)) as server:
             c = client(server.url, StreamTransport(max_connections=2))
             texts = await asyncio.gather(*(chat(c) for _ in range(6)))
             await c.close()
@@ -315,14 +307,8 @@ def test_the_connection_cap_holds():
 
 
 def test_pool_timeout_when_every_connection_stays_busy():
-    async def slow(head, body, writer, state) -> bool:
-        await asyncio.sleep(1.0)
-        writer.write(reply_bytes())
-        await writer.drain()
-        return True
-
     async def main():
-        async with RawServer(slow) as server:
+        async with RawServer(after(1.0)) as server:
             transport = StreamTransport(max_connections=1)
             async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, pool=0.1)) as c:
                 first = asyncio.create_task(c.post(server.url + "/chat/completions", json={}))
