@@ -27,14 +27,29 @@ def solver(agent, task):
         return "left"
     if task == "hang":
         time.sleep(100)
+    if task == "peek":  # every other process of this uid: memory writable? environment readable?
+        time.sleep(0.3)  # the zygote has forked jobs ahead by now
+        reached = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            for name, mode in (("mem", "r+b"), ("environ", "rb")):
+                try:
+                    with open(f"/proc/{pid}/{name}", mode, buffering=0) as handle:
+                        if name == "environ":
+                            handle.read(1)
+                    reached.append(f"{pid}/{name}")
+                except OSError:
+                    pass
+        return reached
     return agent.call_llm(task)[0] + agent.execute_code("6*7")
 """
-cfg = SandboxConfig(isolation=sys.argv[2], timeout_s=2)
+cfg = SandboxConfig(isolation=sys.argv[2], timeout_s=2, warm_jobs=2)
 
 
 async def main():
     async with WorkflowSandbox(WORKFLOW, CallableHost(lambda request: ["ok"]), cfg) as box:
-        return await box.run_many(["a", "daemon", "hang", "b"], concurrency=4)
+        return await box.run_many(["a", "daemon", "hang", "b", "peek"], concurrency=4)
 
 
 def alive(pid: str) -> bool:

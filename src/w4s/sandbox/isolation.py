@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 SANDBOX_RUNTIME = "/w4s/runtime"
+_PR_SET_DUMPABLE = 4
 SANDBOX_CODE = "/w4s/code"
 SANDBOX_SCRATCH = "/scratch"
 _UID_BASE = 1_000_000
@@ -187,6 +188,20 @@ def _warn_degraded(detail: str) -> None:
     )
 
 
+@functools.cache
+def _shield_host() -> None:
+    """Process isolation without root: jobs run under this process's own uid and see its PID, so
+    while this process is dumpable they could read its environment (the API keys) or write its
+    memory through /proc. Made non-dumpable (for good: no core dumps, no same-user debugger)."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise SandboxUnavailable(
+            "process isolation without root needs this process to be non-dumpable, and prctl refused"
+        )
+    log.info("process isolation without root: this process is now non-dumpable (its /proc is private)")
+
+
 def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = None) -> Launch:
     """Build the launch of one sandbox zygote with ``files`` as its read-only code.
 
@@ -246,6 +261,8 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
         argv.append("--")
         cwd = "/"
     else:
+        if not _is_root():
+            _shield_host()
         if _is_root():
             hidden = [p for p in [*_python_prefixes(), str(RUNTIME_DIR)] if not _world_accessible(p)]
             if hidden:

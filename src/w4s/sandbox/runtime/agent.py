@@ -18,6 +18,7 @@ import protocol
 _RUNNER = r"""
 import json, resource, sys, io, contextlib, ast, ctypes, os, signal
 ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the sample
+ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0 (exec made it dumpable): siblings keep out
 if os.getppid() == 1:
     sys.exit(70)
 limits = json.loads(sys.argv[1])

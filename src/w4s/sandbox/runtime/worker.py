@@ -128,6 +128,9 @@ class Zygote:
 
     # --- setup -----------------------------------------------------------------------------------
     def harden(self) -> dict:
+        # Non-dumpable before anything else, and so every child forked from here: a job sharing
+        # this uid (no root) must not write the zygote's or a waiting child's memory via /proc.
+        _prctl(_PR_SET_DUMPABLE, 0)
         applied = {"seccomp": "off", "job_uids": self.args.uid_base is not None}
         if self.args.seccomp:
             import seccomp
