@@ -616,39 +616,67 @@ def solver(agent, task):
         )
 
 
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _wait_for_pool(box, count: int) -> set[int]:
+    """The zygote (bwrap's child) and ``count`` jobs forked ahead, once they all exist."""
+    deadline = time.time() + 5
+    while len(_descendants(box._proc.pid)) < count + 1 and time.time() < deadline:
+        time.sleep(0.02)
+    found = _descendants(box._proc.pid)
+    assert len(found) >= count + 1
+    return found
+
+
 def test_jobs_forked_ahead_end_with_their_sandbox(cfg):
     from w4s.sandbox.host import Sandbox
 
     cfg.warm_jobs = 3
     box = Sandbox(cfg, {"workflow.py": "def solver(agent, task):\n    return 1\n"})
     try:
-        zygote = box._proc.pid
-
-        def descendants() -> set[int]:
-            children: dict[int, list[int]] = {}
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    try:
-                        with open(f"/proc/{entry}/stat") as handle:
-                            parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-                    except OSError:
-                        continue
-                    children.setdefault(parent, []).append(int(entry))
-            found, todo = set(), [zygote]
-            while todo:
-                for child in children.get(todo.pop(), []):
-                    found.add(child)
-                    todo.append(child)
-            return found
-
-        deadline = time.time() + 5
-        while len(descendants()) < 4 and time.time() < deadline:  # the zygote (bwrap's child) + 3 ready
-            time.sleep(0.02)
-        before = descendants()
-        assert len(before) >= 4
+        before = _wait_for_pool(box, 3)
     finally:
         box.close()
     deadline = time.time() + 5
     while any(os.path.exists(f"/proc/{pid}") for pid in before) and time.time() < deadline:
         time.sleep(0.02)
     assert not [pid for pid in before if os.path.exists(f"/proc/{pid}")]
+
+
+def test_killed_waiting_jobs_are_replaced(cfg):
+    """Jobs forked ahead that die before they get a sample (without root a sibling sharing their
+    uid can kill them) cost nothing: samples go to the survivors or to fresh forks."""
+    cfg.warm_jobs = 3
+
+    async def main():
+        source = "def solver(agent, task):\n    return task * 2\n"
+        async with WorkflowSandbox(source, CallableHost(lambda r: ["x"]), cfg) as box:
+            zygote = {int(p) for p in os.popen(f"pgrep -P {box._box._proc.pid}").read().split()}
+            waiting = _wait_for_pool(box._box, 3) - zygote
+            for pid in waiting:
+                os.kill(pid, signal.SIGKILL)
+            # Until the zygote has reaped them: a kill still in flight at the very moment of the
+            # hand-over would cost that one sample, like a kill of a running sibling.
+            deadline = time.time() + 5
+            while waiting & _descendants(box._box._proc.pid) and time.time() < deadline:
+                await asyncio.sleep(0.01)
+            return await box.run_many([1, 2, 3, 4, 5], concurrency=2)
+
+    results = asyncio.run(main())
+    assert [r.answer for r in results] == [2, 4, 6, 8, 10], [r.error for r in results]
