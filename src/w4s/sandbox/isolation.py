@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
 SANDBOX_RUNTIME = "/w4s/runtime"
-_PR_SET_DUMPABLE = 4
 SANDBOX_CODE = "/w4s/code"
 SANDBOX_SCRATCH = "/scratch"
 _UID_BASE = 1_000_000
+_PR_SET_DUMPABLE = 4
 _UID_SPAN_PER_SANDBOX = 10_000
 _uid_counter = itertools.count(os.getpid() * 7919)
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -261,8 +261,6 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
         argv.append("--")
         cwd = "/"
     else:
-        if not _is_root():
-            _shield_host()
         if _is_root():
             hidden = [p for p in [*_python_prefixes(), str(RUNTIME_DIR)] if not _world_accessible(p)]
             if hidden:
@@ -272,6 +270,8 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
                     f"process isolation as root runs jobs as an unprivileged uid, which cannot read {hidden[0]}; "
                     "install bubblewrap, or use a Python installation readable by all users"
                 )
+        else:
+            _shield_host()
         runtime, code = str(RUNTIME_DIR), code_dir
         scratch = tempfile.mkdtemp(prefix="w4s-scratch-")
         os.chmod(scratch, 0o1777)
