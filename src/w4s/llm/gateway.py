@@ -182,8 +182,11 @@ class Gateway:
             "json": json_mode,
             "seed": self.cfg.seed,
         }
-        key = request_key(self.model, messages, params)
-        texts: dict[int, str] = self.cache.get(key, n) if self.cache is not None else {}
+        if self.cache is None:
+            key, texts = "", {}
+        else:  # hashing the request is only needed to look it up and store it
+            key = request_key(self.model, messages, params)
+            texts = self.cache.get(key, n)
         if len(texts) == n:
             for usage in ledgers:
                 usage.cached_calls += 1

@@ -70,7 +70,9 @@ class StreamTransport(httpx.AsyncBaseTransport):
         max_keepalive: int | None = None,
     ):
         self._ssl = ssl_context
-        self._slots = asyncio.Semaphore(max_connections) if max_connections else None
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._slots = asyncio.Semaphore(max_connections)
         self._max_idle = max_connections if max_keepalive is None else max_keepalive
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._closed = False
@@ -79,8 +81,6 @@ class StreamTransport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout") or {}
         body = await request.aread()
         head = _request_head(request, len(body))
-        if self._slots is None:
-            return await self._exchange(request, head + body, timeouts)
         try:
             async with asyncio.timeout(timeouts.get("pool")):
                 await self._slots.acquire()
