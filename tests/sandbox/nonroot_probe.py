@@ -25,6 +25,17 @@ def solver(agent, task):
                 time.sleep(600)
             os._exit(0)
         return "left"
+    if task == "mark":  # files as open as a job can make them, in its scratch and /tmp
+        for path in ("mark.txt", "/tmp/mark.txt"):
+            with open(path, "w") as handle:
+                handle.write("mark")
+            os.chmod(path, 0o666)
+        os.chmod(".", 0o777)
+        time.sleep(0.6)
+        return "marked"
+    if task == "look":  # a sibling, after the mark: it must see none of it
+        time.sleep(0.3)
+        return sorted(os.listdir("/tmp") + os.listdir("/scratch") + os.listdir("."))
     if task == "hang":
         time.sleep(100)
     if task == "peek":  # every other process of this uid: memory writable? environment readable?
@@ -44,12 +55,15 @@ def solver(agent, task):
         return reached
     return agent.call_llm(task)[0] + agent.execute_code("6*7")
 """
-cfg = SandboxConfig(isolation=sys.argv[2], timeout_s=2, warm_jobs=2)
+cfg = SandboxConfig(isolation=sys.argv[2], timeout_s=2, warm_jobs=2, allow_degraded=sys.argv[2] == "process")
 
 
 async def main():
     async with WorkflowSandbox(WORKFLOW, CallableHost(lambda request: ["ok"]), cfg) as box:
-        return await box.run_many(["a", "daemon", "hang", "b", "peek"], concurrency=4)
+        tasks = ["a", "daemon", "hang", "b", "peek"]
+        if cfg.isolation != "process":  # process isolation shares the host's /tmp: nothing to check there
+            tasks += ["mark", "look"]
+        return await box.run_many(tasks, concurrency=4)
 
 
 def alive(pid: str) -> bool:

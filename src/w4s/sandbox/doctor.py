@@ -41,8 +41,9 @@ def probe(cfg: SandboxConfig, read: list[str] = (), write: list[str] = (), port:
 
 
 def diagnose(cfg: SandboxConfig | None = None) -> list[Check]:
-    """Probe every guarantee; each check is ok only if the probe saw the layer hold."""
-    cfg = cfg or SandboxConfig()
+    """Probe every guarantee; each check is ok only if the probe saw the layer hold (a degraded
+    sandbox is started on purpose here, to see what it lacks)."""
+    cfg = replace(cfg or SandboxConfig(), allow_degraded=True)
     backend = isolation.backend(cfg)
     with tempfile.TemporaryDirectory(prefix="w4s-doctor-") as outside:
         secret = os.path.join(outside, "secret.txt")
@@ -94,6 +95,13 @@ def diagnose(cfg: SandboxConfig | None = None) -> list[Check]:
             f"uid {report['uid']}, effective capabilities {report.get('capabilities')}",
         ),
         Check("seccomp", report.get("seccomp_mode") == 2, f"seccomp mode {report.get('seccomp_mode')}"),
+        Check(
+            "private scratch",
+            report["applied"].get("private_scratch") == "on",
+            "each job has its own tmpfs behind its scratch directory and /tmp"
+            if report["applied"].get("private_scratch") == "on"
+            else f"jobs share the scratch filesystem ({report['applied'].get('private_scratch')})",
+        ),
         Check(
             "rlimits",
             limits["RLIMIT_AS"] > 0 and limits["RLIMIT_CPU"] > 0 and limits["RLIMIT_NPROC"] > 0,

@@ -57,8 +57,21 @@ class Sandbox:
         started = json.loads(data)
         self.applied: dict = started.get("applied", {})
         self.load_error: dict | None = started.get("load_error")
-        if cfg.seccomp and self.applied.get("seccomp") != "on":
-            _warn_once(f"SANDBOX DEGRADED: the seccomp filter is not active ({self.applied.get('seccomp')})")
+        missing = isolation.degraded_layers(self._launch.backend, self.applied)
+        if missing and not cfg.allow_degraded:
+            self._stop()
+            raise SandboxUnavailable(
+                f"the sandbox started without {', '.join(missing)}; {isolation.DEGRADED_HINT}"
+            )
+        if missing:
+            _warn_once(f"SANDBOX DEGRADED: running without {', '.join(missing)} (allowed by allow_degraded)")
+        self.isolation = {
+            "backend": self._launch.backend,
+            "seccomp": self.applied.get("seccomp"),
+            "private_scratch": self.applied.get("private_scratch"),
+            "job_uids": bool(self.applied.get("job_uids")),
+            "degraded": missing,
+        }
         host_end.settimeout(None)
         self._reader = threading.Thread(target=self._read, name="w4s-sandbox-ctrl", daemon=True)
         self._reader.start()

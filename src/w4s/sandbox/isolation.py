@@ -44,6 +44,17 @@ _UID_SPAN_PER_SANDBOX = 10_000
 _uid_counter = itertools.count(os.getpid() * 7919)
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
+# What a root zygote keeps: give each job its own uid (and its scratch to that uid), clean up after
+# it; CAP_SYS_ADMIN makes each job's private scratch (a job gives up every capability with its uid).
+_ROOT_CAPS = (
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_KILL",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_CHOWN",
+    "CAP_SYS_ADMIN",
+)
 
 
 @dataclass
@@ -55,6 +66,7 @@ class Launch:
     cwd: str
     pass_fds: tuple[int, ...]
     host_dirs: list[str] = field(default_factory=list)
+    backend: str = "bwrap"
 
     def cleanup(self) -> None:
         for path in self.host_dirs:
@@ -166,17 +178,37 @@ def _parent_dirs(targets: list[str]) -> list[str]:
     return args
 
 
+DEGRADED_HINT = (
+    "install bubblewrap and allow user namespaces, or pass --allow-degraded-sandbox (allow_degraded) to run "
+    "anyway: workflow code could then read the host's files, the run folder and the hidden tests"
+)
+
+
 def backend(cfg: SandboxConfig) -> str:
-    """The backend this configuration gets on this machine; raises if 'bwrap' is required but unusable."""
+    """The backend this configuration gets on this machine. Anything less than bubblewrap is refused
+    unless ``cfg.allow_degraded``: a sandbox never falls back silently."""
     works, detail, _ = _bwrap_probe()
-    if cfg.isolation == "process":
-        return "process"
-    if works:
+    if cfg.isolation != "process" and works:
         return "bwrap"
     if cfg.isolation == "bwrap":
         raise SandboxUnavailable(f"isolation=bwrap was required but {detail}")
-    _warn_degraded(detail)
+    reason = "process isolation was chosen" if cfg.isolation == "process" else detail
+    if not cfg.allow_degraded:
+        raise SandboxUnavailable(f"the sandbox cannot give full isolation ({reason}); {DEGRADED_HINT}")
+    _warn_degraded(reason)
     return "process"
+
+
+def degraded_layers(kind: str, applied: dict) -> list[str]:
+    """The layers of full isolation that a started sandbox lacks (empty: full isolation)."""
+    missing = []
+    if kind != "bwrap":
+        missing.append(f"namespaces (backend {kind})")
+    if applied.get("seccomp") != "on":
+        missing.append(f"seccomp filter ({applied.get('seccomp')})")
+    if applied.get("private_scratch") != "on":
+        missing.append(f"private scratch per job ({applied.get('private_scratch')})")
+    return missing
 
 
 @functools.cache
@@ -240,12 +272,12 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
             "--as-pid-1",
         ]
         if _is_root():
-            # The zygote keeps only what it needs to give each job its own uid and clean up after it.
             argv += ["--cap-drop", "ALL"]
-            for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_DAC_OVERRIDE", "CAP_FOWNER"):
+            for cap in _ROOT_CAPS:
                 argv += ["--cap-add", cap]
         else:
-            argv += ["--unshare-user", *extra]
+            # In its user namespace only; each job drops it after making its private scratch.
+            argv += ["--unshare-user", *extra, "--cap-add", "CAP_SYS_ADMIN"]
         argv += _ro_system_args()
         binds = [(prefix, prefix) for prefix in _python_prefixes()]
         binds += [(str(RUNTIME_DIR), runtime), (code_dir, code)]
@@ -287,6 +319,7 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
         "seccomp": cfg.seccomp,
         "warm_jobs": cfg.warm_jobs or 0,
         "sys_path": _site_dirs(),
+        "private_scratch": kind == "bwrap",
     }
     if uid_base is not None:
         settings.update(uid_base=uid_base, uid_span=_UID_SPAN_PER_SANDBOX - 1)
@@ -294,7 +327,7 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
     # The worker is imported, not run as a script, so its byte code comes from the cache as well.
     entry = f"import sys; sys.path.insert(0, {runtime!r}); import worker; worker.main()"
     argv += [python, "-I", "-S", "-B", "-c", entry, json.dumps(settings)]
-    return Launch(argv=argv, env=env, cwd=cwd, pass_fds=(ctrl_fd,), host_dirs=host_dirs)
+    return Launch(argv=argv, env=env, cwd=cwd, pass_fds=(ctrl_fd,), host_dirs=host_dirs, backend=kind)
 
 
 @functools.cache

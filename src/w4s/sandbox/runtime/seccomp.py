@@ -32,6 +32,7 @@ _OFF_NR = 0
 _OFF_ARCH = 4
 _OFF_ARG0_LO = 16
 
+_CLONE_NEWNS = 0x00020000
 _NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
 
 # Per architecture: audit arch value and syscall numbers. Only what the filter names.
@@ -144,8 +145,13 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def build_program(machine: str | None = None) -> bytes:
-    """Return the filter as raw ``sock_filter`` instructions."""
+def build_program(machine: str | None = None, allow_mounts: bool = False) -> bytes:
+    """Return the filter as raw ``sock_filter`` instructions.
+
+    ``allow_mounts`` (the zygote's filter, when jobs get a private scratch): ``unshare`` of a mount
+    namespace alone and ``mount`` are allowed, so a job can make its own tmpfs before it runs
+    anything; the job then stacks the full filter, and has no capability left to mount with.
+    """
     spec = _ARCHES[machine or os.uname().machine]
     errno_eperm = _SECCOMP_RET_ERRNO | errno.EPERM
     errno_eacces = _SECCOMP_RET_ERRNO | errno.EACCES
@@ -172,6 +178,14 @@ def build_program(machine: str | None = None) -> bytes:
     prog.append(_insn(_JSET_K, 0, 1, _NS_FLAGS))
     prog.append(_insn(_RET_K, 0, 0, errno_eperm))
     prog.append(_insn(_RET_K, 0, 0, _SECCOMP_RET_ALLOW))
+    if allow_mounts:
+        prog.append(_insn(_JEQ_K, 0, 4, spec["deny"]["unshare"]))
+        prog.append(_insn(_LD_W_ABS, 0, 0, _OFF_ARG0_LO))
+        prog.append(_insn(_JEQ_K, 0, 1, _CLONE_NEWNS))
+        prog.append(_insn(_RET_K, 0, 0, _SECCOMP_RET_ALLOW))
+        prog.append(_insn(_RET_K, 0, 0, errno_eperm))
+        prog.append(_insn(_JEQ_K, 0, 1, spec["deny"]["mount"]))
+        prog.append(_insn(_RET_K, 0, 0, _SECCOMP_RET_ALLOW))
     for number in sorted(set(spec["deny"].values())):
         prog.append(_insn(_JEQ_K, 0, 1, number))
         prog.append(_insn(_RET_K, 0, 0, errno_eperm))
@@ -183,12 +197,13 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install() -> None:
-    """Install the filter on the calling thread's process (inherited by its children).
+def install(allow_mounts: bool = False) -> None:
+    """Install the filter on the calling thread's process (inherited by its children; a second
+    install stacks, and the stricter verdict wins).
 
     Raises OSError when the kernel refuses.
     """
-    program = build_program()
+    program = build_program(allow_mounts=allow_mounts)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:

@@ -51,6 +51,15 @@ CANDIDATE_FILE = "candidate.py"
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAPABILITY_VERSION_3 = 0x20080522
+_CLONE_NEWNS = 0x00020000
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_PRIVATE = 1 << 18
 _QUIET_S = 0.05  # jobs are forked ahead only after this long without requests from the host
 _LIMITS = (
     resource.RLIMIT_AS,
@@ -86,6 +95,21 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 
 def _prctl(option: int, value: int) -> None:
     _LIBC.prctl(option, value, 0, 0, 0)
+
+
+def _checked(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _drop_capabilities() -> None:
+    """Clear every capability set (the zygote keeps CAP_SYS_ADMIN of its user namespace to make
+    each job's private scratch; a job without root must not keep it, nor pass it on through exec)."""
+    _checked(_LIBC.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable: two words each, all zero
+    _checked(_LIBC.capset(header, data), "capset")
 
 
 def _line_stream_on(stream, fd: int) -> bool:
@@ -125,27 +149,79 @@ class Zygote:
         self._private_fds: list[int] = []
         self.workflow = None
         self.workflow_lines: list[str] = []
+        self.private = False  # jobs get a private scratch (decided by harden)
+        self.job_filter = False  # jobs stack the full seccomp filter after making it
 
     # --- setup -----------------------------------------------------------------------------------
     def harden(self) -> dict:
         # Non-dumpable before anything else, and so every child forked from here: a job sharing
         # this uid (no root) must not write the zygote's or a waiting child's memory via /proc.
         _prctl(_PR_SET_DUMPABLE, 0)
-        applied = {"seccomp": "off", "job_uids": self.args.uid_base is not None}
+        applied = {"seccomp": "off", "job_uids": self.args.uid_base is not None, "private_scratch": "off"}
         if self.args.seccomp:
             import seccomp
 
             if seccomp.supported():
                 try:
-                    seccomp.install()
+                    seccomp.install(allow_mounts=self.args.private_scratch)
                     applied["seccomp"] = "on"
                 except OSError as exc:
                     applied["seccomp"] = f"failed: {exc}"
             else:
                 applied["seccomp"] = "unsupported architecture"
+        if self.args.private_scratch:
+            applied["private_scratch"] = self.try_private_scratch()
+        self.private = applied["private_scratch"] == "on"
+        self.job_filter = applied["seccomp"] == "on" and self.private
         if self.me != 1:
             _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         return applied
+
+    def try_private_scratch(self) -> str:
+        """Make a private scratch once in a throwaway child, so that jobs are never the first to try."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            status = 0
+            try:
+                self.make_private_scratch()
+            except BaseException as exc:  # noqa: BLE001 - reported to the host, the child must exit
+                os.write(write_end, str(exc).encode()[:500])
+                status = 1
+            os._exit(status)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as reader:
+            detail = reader.read().decode(errors="replace")
+        _, status = os.waitpid(pid, 0)
+        return "on" if status == 0 else f"failed: {detail or status}"
+
+    def make_private_scratch(self) -> None:
+        """In a new job, before it runs anything: a tmpfs of its own behind the scratch directory
+        and /tmp (one size limit for both), in a mount namespace of its own. Siblings never share
+        a file, whatever permissions a job sets, and nothing outlives the job."""
+        _checked(_LIBC.unshare(_CLONE_NEWNS), "unshare a mount namespace")
+        _checked(_LIBC.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
+        size = f"size={self.limits['scratch_mb'] * 1024 * 1024},mode=0700".encode()
+        _checked(_LIBC.mount(b"w4s-job", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, size), "mount a tmpfs")
+        os.mkdir("/tmp/scratch", 0o700)
+        os.mkdir("/tmp/tmp", 0o700)
+        scratch = os.fsencode(self.args.scratch)
+        _checked(_LIBC.mount(b"/tmp/scratch", scratch, None, _MS_BIND, None), "bind the scratch directory")
+        _checked(_LIBC.mount(b"/tmp/tmp", b"/tmp", None, _MS_BIND, None), "bind /tmp")
+
+    def enclose(self) -> None:
+        """The filesystem part of a job's isolation, done before it knows which job it runs: its
+        private scratch; without root, no capabilities left; then the full seccomp filter."""
+        if not self.private:
+            return
+        self.make_private_scratch()
+        if self.args.uid_base is None:
+            _drop_capabilities()  # as root, the uid change drops them
+        if self.job_filter:
+            import seccomp
+
+            seccomp.install()
 
     def warm_up(self) -> list[str]:
         """Import, once for all jobs, the common modules the workflow imports (all of them when there
@@ -265,6 +341,7 @@ class Zygote:
             status = 70
             try:
                 self.detach()
+                self.enclose()
                 self.rehearse()
                 data, fds, _flags, _addr = socket.recv_fds(theirs, 65536, 4)
                 theirs.close()
@@ -344,9 +421,10 @@ class Zygote:
             job_id, uid = job
             self.kill_job(pid)
             self.sweep(uid)
-            import shutil  # see _LATER_MODULES
+            if not self.private:  # a private scratch ends with the job's mount namespace
+                import shutil  # see _LATER_MODULES
 
-            shutil.rmtree(os.path.join(self.args.scratch, f"job-{job_id}"), ignore_errors=True)
+                shutil.rmtree(os.path.join(self.args.scratch, f"job-{job_id}"), ignore_errors=True)
             report = {"op": "exit", "id": job_id}
             if os.WIFSIGNALED(status):
                 report["signal"] = os.WTERMSIG(status)
@@ -393,15 +471,23 @@ class Zygote:
             job = message["id"]
             if not detached:
                 self.detach()
+                self.enclose()
             uid = self.job_uid(job)
+            if self.private:
+                workdir = self.args.scratch
+                if uid is not None:
+                    os.chown(workdir, uid, uid)
+                    os.chown("/tmp", uid, uid)
+            else:
+                workdir = os.path.join(self.args.scratch, f"job-{job}")
             if uid is not None:
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
             _prctl(_PR_SET_DUMPABLE, 0)
             self.set_limits(uid is not None)
-            workdir = os.path.join(self.args.scratch, f"job-{job}")
-            os.mkdir(workdir, 0o700)
+            if not self.private:
+                os.mkdir(workdir, 0o700)
             os.chdir(workdir)
             os.environ["HOME"] = workdir
             rpc = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=fds[0])
@@ -479,14 +565,11 @@ class Zygote:
         try:
             exec(compile(str(first.get("program", "")), CANDIDATE_FILE, "exec"), namespace)
         except BaseException as exc:  # noqa: BLE001 - a broken candidate is a failed answer
-            protocol.send(
-                rpc, {"op": "load_error", "error": {"type": type(exc).__name__, "message": str(exc)[:500]}}
-            )
+            protocol.send(rpc, {"op": "load_error", "error": {"type": type(exc).__name__}})
             return
-        items = list(namespace.items())
-        callables = sorted(n for n, v in items if callable(v) and not n.startswith("__"))
-        modules = {n: v.__name__ for n, v in items if type(v) is type(sys) and isinstance(v.__name__, str)}
-        protocol.send(rpc, {"op": "ready", "callables": callables, "modules": modules})
+        names = first.get("names") if isinstance(first.get("names"), list) else []
+        missing = [name for name in names if not callable(namespace.get(name))]
+        protocol.send(rpc, {"op": "ready", "missing": missing})
         while True:
             try:
                 message = protocol.recv(rpc)
@@ -500,7 +583,7 @@ class Zygote:
                 reply["ok"] = True
             except BaseException as exc:  # noqa: BLE001 - reported to the host as a failed call
                 reply["ok"] = False
-                reply["error"] = {"type": type(exc).__name__, "message": str(exc)[:500]}
+                reply["error"] = {"type": type(exc).__name__}
             protocol.send(rpc, reply)
 
     def probe(self, rpc: socket.socket, message: dict) -> None:
@@ -555,6 +638,7 @@ class Settings:
         seccomp: bool = True,
         warm_jobs: int = 0,
         sys_path: list | None = None,
+        private_scratch: bool = False,
     ):
         self.ctrl_fd = ctrl_fd
         self.code_dir = code_dir
@@ -565,6 +649,7 @@ class Settings:
         self.seccomp = seccomp
         self.warm_jobs = warm_jobs
         self.sys_path = sys_path or []
+        self.private_scratch = private_scratch
 
 
 def main(argv: list[str] | None = None) -> None:
