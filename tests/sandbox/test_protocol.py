@@ -108,7 +108,8 @@ def test_opaque_values_only_where_allowed():
         protocol.decode(encoded)
     stand_in = protocol.decode(encoded, opaque=True)
     assert bool(stand_in) is True and stand_in != match and stand_in != True  # noqa: E712
-    assert "re.Match" in repr(stand_in)
+    assert repr(stand_in) == "<opaque>"  # no type name the candidate chose crosses
+    assert encoded["v"] is True
 
 
 def test_depth_is_bounded_both_ways():
@@ -150,3 +151,43 @@ def test_framing_limits():
         protocol.unpack(b"[1, 2]")
     with pytest.raises(protocol.ProtocolError):
         protocol.unpack(b"1" * 5000)  # int longer than Python's digit limit
+
+
+def _colliding_ints(count: int) -> list[int]:
+    """Distinct ints that all hash alike (CPython hashes ints modulo 2**61 - 1)."""
+    modulus = (1 << 61) - 1
+    return [7 + i * modulus for i in range(count)]
+
+
+@pytest.mark.parametrize("tag", ["set", "frozenset", "dict"])
+def test_keys_built_to_collide_are_refused_in_linear_time(tag):
+    keys = _colliding_ints(200_000)
+    assert len({hash(k) for k in keys}) == 1
+    encoded = [protocol.encode(k) for k in keys]
+    payload = [[k, 0] for k in encoded] if tag == "dict" else encoded
+    with pytest.raises(protocol.ProtocolError, match="share one hash"):
+        protocol.decode({"__w4s__": tag, "v": payload})
+    # Honest keys that happen to share a hash (-1 and -2 in CPython) still cross.
+    assert protocol.decode(protocol.encode({-1, -2, 0, 0.5})) == {-1, -2, 0, 0.5}
+    few = set(_colliding_ints(protocol.MAX_SAME_HASH))
+    assert protocol.decode(protocol.encode(few)) == few
+
+
+def test_the_number_of_values_is_bounded():
+    with pytest.raises(protocol.ProtocolError, match="more than 1000 items"):
+        protocol.decode(list(range(2000)), max_items=1000)
+    assert protocol.decode(list(range(999)), max_items=1000) == list(range(999))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"__w4s__": "complex", "v": [1, "2"]},
+        {"__w4s__": "complex", "v": [1, [2]]},
+        {"__w4s__": "tuple", "v": 5},
+        {"__w4s__": ["x"], "v": 1},
+    ],
+)
+def test_more_malformed_tags(data):
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(data)

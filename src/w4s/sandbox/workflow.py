@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from w4s.errors import InfrastructureError, SandboxUnavailable
+from w4s.llm.limits import BudgetExceeded
 from w4s.sandbox.config import SandboxConfig
 from w4s.sandbox.host import Sandbox
 from w4s.sandbox.runtime import protocol
@@ -30,6 +31,9 @@ _MAX_RESTARTS = 3
 MAX_CALLS_IN_FLIGHT = 64
 WORKFLOW_FILE = "workflow.py"
 _EXIT_GRACE_S = 5.0
+# Frames from a sample larger than this are parsed and decoded off the event loop, so one huge
+# message never holds up the timeouts and replies of every other sample in flight.
+_INLINE_FRAME = 256 * 1024
 
 
 class AgentHost(Protocol):
@@ -72,6 +76,10 @@ class SampleResult:
     output: str = ""
     wall_seconds: float = 0.0
     llm_calls: int = 0
+    stopped: str | None = (
+        None  # the host stopped serving the sample (budget spent): not the workflow's result
+    )
+    answer_bytes: int = 0  # size of the answer as it crossed (large answers are scored off the event loop)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -88,8 +96,17 @@ class _Sample:
         self.job = 0
         self.exit: asyncio.Future = asyncio.get_running_loop().create_future()
         self.final: dict | None = None
+        self.final_bytes = 0
         self.answered: asyncio.Future = asyncio.get_running_loop().create_future()  # a final message came
         self.calls = 0
+        self.stopped: str | None = None  # why the host stopped serving it (its budget is spent)
+
+    def stop(self, reason: str) -> None:
+        """End the sample now: a call was refused for a reason that is not the workflow's."""
+        if self.stopped is None:
+            self.stopped = reason
+        if not self.answered.done():
+            self.answered.set_result(None)
 
 
 class WorkflowSandbox:
@@ -126,6 +143,11 @@ class WorkflowSandbox:
             self._box.close()
         self._box = Sandbox(self.cfg, {WORKFLOW_FILE: self.source})
         self.load_error = self._box.load_error
+
+    @property
+    def isolation(self) -> dict:
+        """The isolation this sandbox actually applies (see :attr:`w4s.sandbox.host.Sandbox.isolation`)."""
+        return dict(self._box.isolation) if self._box is not None else {}
 
     async def close(self) -> None:
         if self._box is not None:
@@ -250,9 +272,16 @@ class WorkflowSandbox:
             result.error = _error(
                 "TimeoutError", f"the sample ran longer than {timeout_s:g} s and was killed"
             )
+        elif sample.stopped is not None:
+            result.stopped = sample.stopped
+            result.error = _error("BudgetExceeded", f"the sample was stopped: {sample.stopped}")
         elif final is not None and final.get("op") == "done":
+            result.answer_bytes = sample.final_bytes
             try:
-                result.answer = protocol.decode(final.get("answer"))
+                if sample.final_bytes < _INLINE_FRAME:
+                    result.answer = protocol.decode(final.get("answer"))
+                else:
+                    result.answer = await asyncio.to_thread(protocol.decode, final.get("answer"))
             except protocol.ProtocolError as exc:
                 result.error = _error("AnswerError", f"the answer is not plain data: {exc}")
         elif final is not None and final.get("op") == "failed" and isinstance(final.get("error"), dict):
@@ -271,37 +300,40 @@ class WorkflowSandbox:
         try:
             while True:
                 header = await reader.readexactly(protocol.HEADER_SIZE)
-                body = await reader.readexactly(protocol.frame_length(header))
-                message = protocol.unpack(body)
+                length = protocol.frame_length(header)
+                body = await reader.readexactly(length)
+                if length < _INLINE_FRAME:
+                    message = protocol.unpack(body)
+                else:
+                    message = await asyncio.to_thread(protocol.unpack, body)
                 op = message.get("op")
                 if op == "call":
+                    if type(message.get("id")) is not int:
+                        raise protocol.ProtocolError("a call without an integer id")
                     sample.calls += 1
                     if len(pending) >= MAX_CALLS_IN_FLIGHT:
-                        refusal = {
-                            "op": "reply",
-                            "id": message.get("id"),
-                            "ok": False,
-                            "error": {
-                                "type": "TooManyCalls",
-                                "message": f"at most {MAX_CALLS_IN_FLIGHT} agent calls may be in flight per sample",
-                            },
-                        }
+                        refusal = _refusal(
+                            message["id"],
+                            "TooManyCalls",
+                            f"at most {MAX_CALLS_IN_FLIGHT} agent calls may be in flight per sample",
+                        )
                         async with write_lock:
                             writer.write(protocol.pack(refusal))
                         continue
-                    task = asyncio.create_task(self._answer(message, writer, write_lock))
+                    task = asyncio.create_task(self._answer(sample, message, writer, write_lock))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 elif op in ("done", "failed"):
                     sample.final = message
+                    sample.final_bytes = length
                     if not sample.answered.done():
                         sample.answered.set_result(None)
         except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError) as exc:
             if isinstance(exc, protocol.ProtocolError) and sample.final is None:
                 sample.final = {"op": "failed", "error": _error("ProtocolError", str(exc))}
 
-    async def _answer(self, message: dict, writer, write_lock: asyncio.Lock) -> None:
-        reply: dict = {"op": "reply", "id": message.get("id")}
+    async def _answer(self, sample: _Sample, message: dict, writer, write_lock: asyncio.Lock) -> None:
+        reply: dict = {"op": "reply", "id": message["id"]}
         method = message.get("method")
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         try:
@@ -312,16 +344,25 @@ class WorkflowSandbox:
                     str(params.get("task", "")), str(params.get("entry_point", ""))
                 )
             else:
-                raise LookupError(f"unknown agent method {method!r}")
+                raise LookupError(f"unknown agent method {str(method)[:100]!r}")
             reply.update(ok=True, value=protocol.encode(value))
         except InfrastructureError as exc:
             self._fatal = exc  # the run must stop: every sample in flight is ended now
             self._stopping.set()
-            reply.update(ok=False, error={"type": "InfrastructureError", "message": str(exc)[:1000]})
+            reply = _refusal(message["id"], "InfrastructureError", str(exc))
+        except BudgetExceeded as exc:
+            sample.stop(str(exc))  # the sample cannot complete: it is ended, and reported as not run
+            reply = _refusal(message["id"], "BudgetExceeded", str(exc))
         except Exception as exc:  # noqa: BLE001 - reported to the workflow as an AgentError
-            reply.update(ok=False, error={"type": type(exc).__name__, "message": str(exc)[:1000]})
+            reply = _refusal(message["id"], type(exc).__name__, str(exc))
+        try:
+            frame = protocol.pack(reply)
+        except protocol.ProtocolError as exc:  # e.g. an executor reply larger than a frame
+            frame = protocol.pack(
+                _refusal(message["id"], "ReplyTooLarge", f"the reply cannot be delivered: {exc}")
+            )
         async with write_lock:
-            writer.write(protocol.pack(reply))
+            writer.write(frame)
             await writer.drain()
 
     async def run_many(
@@ -382,6 +423,15 @@ def _sanitise(error: dict) -> dict:
     lineno = error.get("lineno")
     clean["lineno"] = lineno if type(lineno) is int else None
     return clean
+
+
+def _refusal(call_id: int, type_name: str, message: str) -> dict:
+    return {
+        "op": "reply",
+        "id": call_id,
+        "ok": False,
+        "error": {"type": type_name, "message": message[:1000]},
+    }
 
 
 def _describe_exit(info: dict) -> dict:

@@ -20,6 +20,8 @@ import struct
 
 MAX_FRAME = 16 * 1024 * 1024
 MAX_DEPTH = 200
+MAX_ITEMS = 1_000_000  # values in one decoded message: bounds the time a host spends on it
+MAX_SAME_HASH = 8  # keys of one set or dict that may share a hash value (honest data: a few at most)
 _HEADER = struct.Struct(">I")
 _TAG = "__w4s__"
 _BIG_INT = 1 << 62
@@ -100,22 +102,22 @@ def _numpy_scalar(value):
 class Opaque:
     """Stands on the host for a value that is not plain data (a ``re.Match``, a custom object).
 
-    It carries only the truth value and type name the sandbox claimed; it equals nothing but itself,
-    so ``assert f(x)`` and ``assert not f(x)`` behave as with the real object, and no comparison can
-    be won by it. (A candidate could claim any truth value, but it could equally return True.)
+    It carries only the truth value the sandbox claimed (not even a type name: nothing the
+    candidate chose may reach results); it equals nothing but itself, so ``assert f(x)`` and
+    ``assert not f(x)`` behave as with the real object, and no comparison can be won by it. (A
+    candidate could claim any truth value, but it could equally return True.)
     """
 
-    __slots__ = ("truth", "type_name")
+    __slots__ = ("truth",)
 
-    def __init__(self, truth: bool, type_name: str):
+    def __init__(self, truth: bool):
         self.truth = truth
-        self.type_name = type_name
 
     def __bool__(self) -> bool:
         return self.truth
 
     def __repr__(self) -> str:
-        return f"<opaque {self.type_name}>"
+        return "<opaque>"
 
 
 def _base_value(value):
@@ -187,7 +189,7 @@ def encode(value, _depth: int = 0, opaque: bool = False):
             truth = bool(value)
         except Exception:  # noqa: BLE001 - an object whose truth raises is simply falsy here
             truth = False
-        return {_TAG: "opaque", "v": [truth, f"{kind.__module__}.{kind.__qualname__}"[:200]]}
+        return {_TAG: "opaque", "v": truth}
     raise PlainDataError(
         f"{kind.__module__}.{kind.__qualname__} is not plain data; return None, bool, int, float, "
         "str, bytes, complex, list, tuple, dict, set or frozenset"
@@ -200,55 +202,74 @@ def _decode_float(text) -> float:
     return float(text)
 
 
-def _hashable(value, what: str):
-    try:
-        hash(value)
-    except TypeError:
-        raise ProtocolError(f"unhashable {what}") from None
-    return value
+def _distinct_hashes(items: list, what: str) -> list:
+    """Refuse keys built to collide: ints, floats and tuples hash predictably, so a set of values
+    that all hash alike would take quadratic time to build (minutes for one frame)."""
+    seen: dict[int, int] = {}
+    for item in items:
+        try:
+            code = hash(item)
+        except TypeError:
+            raise ProtocolError(f"unhashable {what}") from None
+        count = seen.get(code, 0) + 1
+        if count > MAX_SAME_HASH:
+            raise ProtocolError(f"{what}s built to share one hash value; refused")
+        seen[code] = count
+    return items
 
 
-def decode(data, _depth: int = 0, opaque: bool = False):
+def decode(data, opaque: bool = False, max_items: int = MAX_ITEMS):
     """Inverse of :func:`encode`; produces only exact builtin types (and :class:`Opaque` stand-ins
-    where ``opaque`` allows them)."""
-    if _depth > MAX_DEPTH:
-        raise ProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
-    kind = type(data)
-    if data is None or kind in (bool, int, float, str):
-        return data
-    if kind is list:
-        return [decode(item, _depth + 1, opaque) for item in data]
-    if kind is not dict:
-        raise ProtocolError(f"unexpected JSON type {kind.__name__}")
-    tag = data.get(_TAG)
-    if tag is None:
-        return {key: decode(item, _depth + 1, opaque) for key, item in data.items()}
-    payload = data.get("v")
-    try:
-        if tag == "int":
-            return int(payload, 16)
-        if tag == "float":
-            return _decode_float(payload)
-        if tag == "tuple":
-            return tuple(decode(item, _depth + 1, opaque) for item in payload)
-        if tag == "dict":
-            return {
-                _hashable(decode(k, _depth + 1, opaque), "dict key"): decode(v, _depth + 1, opaque)
-                for k, v in payload
-            }
-        if tag in ("set", "frozenset"):
-            items = [_hashable(decode(item, _depth + 1, opaque), "set item") for item in payload]
-            return set(items) if tag == "set" else frozenset(items)
-        if tag == "bytes":
-            return bytes.fromhex(payload)
-        if tag == "opaque" and opaque:
-            truth, type_name = payload
-            return Opaque(truth is True, str(type_name)[:200])
-        if tag == "complex":
-            real, imag = (decode(part, _depth + 1, opaque) for part in payload)
-            if type(real) is not float and type(real) is not int:
-                raise ProtocolError("bad complex tag")
-            return complex(real, imag)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"bad {tag!r} value: {exc}") from None
-    raise ProtocolError(f"unknown tag {tag!r}")
+    where ``opaque`` allows them).
+
+    Linear-time and bounded, whatever the peer sent: at most ``max_items`` values, ``MAX_DEPTH``
+    levels, and no hashed container whose keys were built to collide.
+    """
+    left = max_items
+
+    def walk(node, depth: int):
+        nonlocal left
+        left -= 1
+        if left < 0:
+            raise ProtocolError(f"value holds more than {max_items} items")
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
+        kind = type(node)
+        if node is None or kind in (bool, int, float, str):
+            return node
+        if kind is list:
+            return [walk(item, depth + 1) for item in node]
+        if kind is not dict:
+            raise ProtocolError(f"unexpected JSON type {kind.__name__}")
+        tag = node.get(_TAG)
+        if tag is None:
+            return {key: walk(item, depth + 1) for key, item in node.items()}
+        payload = node.get("v")
+        try:
+            if tag == "int":
+                return int(payload, 16)
+            if tag == "float":
+                return _decode_float(payload)
+            if tag == "tuple":
+                return tuple([walk(item, depth + 1) for item in payload])
+            if tag == "dict":
+                pairs = [(walk(k, depth + 1), walk(v, depth + 1)) for k, v in payload]
+                _distinct_hashes([k for k, _ in pairs], "dict key")
+                return dict(pairs)
+            if tag in ("set", "frozenset"):
+                items = _distinct_hashes([walk(item, depth + 1) for item in payload], "set item")
+                return set(items) if tag == "set" else frozenset(items)
+            if tag == "bytes":
+                return bytes.fromhex(payload)
+            if tag == "opaque" and opaque:
+                return Opaque(payload is True)
+            if tag == "complex":
+                real, imag = (walk(part, depth + 1) for part in payload)
+                if type(real) not in (int, float) or type(imag) not in (int, float):
+                    raise ProtocolError("bad complex tag")
+                return complex(real, imag)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad {tag!r} value: {type(exc).__name__}") from None
+        raise ProtocolError(f"unknown tag {str(tag)[:40]!r}")
+
+    return walk(data, 0)
