@@ -32,9 +32,12 @@ def _shared_tls_context() -> ssl.SSLContext:
 
 @dataclass
 class Completion:
+    """Texts and the usage the backend reported (None where it reported none; the gateway checks
+    reported numbers and estimates missing ones)."""
+
     texts: list[str]
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
 
 
 class Retryable(Exception):
@@ -55,6 +58,7 @@ class Rejected(Exception):
 
 class Backend(Protocol):
     model: str
+    identity: str  # what answers: endpoint and model (and its revision where known), for cache keys
 
     async def generate(
         self,
@@ -102,6 +106,7 @@ class OpenAIBackend:
     ):
         self.model = model
         self.base_url = base_url.rstrip("/")
+        self.identity = f"{self.base_url}|{model}"
         self._official = self.base_url.startswith(OPENAI_URL)
         verify = _shared_tls_context() if self.base_url.startswith("https://") else None
         if proxy_configured(self.base_url):
@@ -174,12 +179,7 @@ class OpenAIBackend:
         except (AttributeError, TypeError, KeyError):
             raise Retryable("malformed reply: choices without messages") from None
         usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
-        prompt = usage.get("prompt_tokens")
-        completion = usage.get("completion_tokens")
-        if not isinstance(prompt, int) or not isinstance(completion, int):
-            prompt = sum(estimate_tokens(str(m.get("content", ""))) for m in messages)
-            completion = sum(estimate_tokens(t) for t in texts)
-        return Completion(texts, prompt, completion)
+        return Completion(texts, usage.get("prompt_tokens"), usage.get("completion_tokens"))
 
     async def aclose(self) -> None:
         await self.client.close()

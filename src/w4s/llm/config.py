@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w4s.config import option, positive
-
-
-def _non_negative(value) -> bool:
-    return value >= 0
+from w4s.config import non_negative, option, positive
 
 
 @dataclass
@@ -29,32 +25,41 @@ class GatewayConfig:
     max_retries: int = option(
         6,
         "retries of a request on 429, 5xx, timeouts and malformed replies",
-        _non_negative,
-        "must be 0 or more",
+        non_negative,
     )
     connect_retries: int = option(
         2,
         "retries when the endpoint refuses connections (then the run stops)",
-        _non_negative,
-        "must be 0 or more",
+        non_negative,
     )
     backoff_s: float = option(0.5, "first backoff delay; doubles per retry, with jitter", positive)
     backoff_max_s: float = option(
         30.0, "longest backoff delay (a server's Retry-After may ask for more)", positive
     )
     concurrency: int = option(32, "requests in flight at once, across all samples", positive)
-    requests_per_minute: int = option(
-        0, "client-side request rate limit (0: none)", _non_negative, "must be 0 or more"
-    )
-    tokens_per_minute: int = option(
-        0, "client-side token rate limit (0: none)", _non_negative, "must be 0 or more"
-    )
+    requests_per_minute: int = option(0, "client-side request rate limit (0: none)", non_negative)
+    tokens_per_minute: int = option(0, "client-side token rate limit (0: none)", non_negative)
     cache_path: str | None = option(
         None, "SQLite response cache (default: ~/.cache/w4s/llm-cache.sqlite; 'off' disables it)"
     )
     prices_path: str | None = option(None, "YAML price table {model: {input: USD/1M tokens, output: USD/1M}}")
-    seed: int | None = option(0, "seed sent with every request and part of the cache key (None: unseeded)")
+    seed: int | None = option(
+        0, "seed sent with every request (a caller may derive its own per request) and part of the cache key"
+    )
     max_completion_tokens: int = option(
-        2048, "default completion length when the workflow sets none", positive
+        2048,
+        "longest completion a request may ask for (a workflow may ask for less, never more); also the default",
+        positive,
+    )
+    max_n: int = option(
+        32,
+        "most completions one request may ask for (a workflow's num_of_response)",
+        lambda v: 1 <= v <= 128,
+        "between 1 and 128",
+    )
+    model_revision: str | None = option(
+        None,
+        "version of the served model (e.g. its registry version): part of the cache key, so a model redeployed "
+        "under the same name never answers from its predecessor's cache (local models: found automatically)",
     )
     local_batch_size: int = option(8, "local backend: requests generated together", positive)

@@ -35,6 +35,8 @@ from w4s.llm.pricing import PriceTable
 log = logging.getLogger(__name__)
 
 _MAX_RETRY_AFTER_S = 300.0
+_TEMPLATE_TOKENS = 16  # chat-template tokens around one message, generously
+_TEMPLATE_BASE_TOKENS = 256  # and around the whole prompt (some templates add a default system prompt)
 
 
 def default_cache_path() -> Path:
@@ -127,15 +129,22 @@ class Gateway:
 
     # --- the AgentHost side ----------------------------------------------------------------------
     async def call_llm(self, request: dict) -> list[str]:
+        """A workflow's request: its ``n`` and completion length are capped by this gateway's config."""
         n = int(request.get("n") or 1)
-        if not 1 <= n <= 32:
-            raise ValueError("num_of_response must be between 1 and 32")
-        max_tokens = request.get("max_completion_tokens") or self.cfg.max_completion_tokens
+        if not 1 <= n <= self.cfg.max_n:
+            raise ValueError(f"num_of_response must be between 1 and {self.cfg.max_n} (the executor's limit)")
+        asked = request.get("max_completion_tokens")
+        max_tokens = self.cfg.max_completion_tokens if asked is None else int(asked)
+        if max_tokens < 1:
+            raise ValueError("max_completion_tokens must be at least 1")
+        temperature = float(request.get("temperature", 1.0))
+        if not 0.0 <= temperature <= 2.0:  # NaN fails this too
+            raise ValueError("temperature must be between 0 and 2")
         return await self.chat(
             build_messages(request),
             n=n,
-            temperature=float(request.get("temperature", 1.0)),
-            max_tokens=int(max_tokens),
+            temperature=temperature,
+            max_tokens=min(max_tokens, self.cfg.max_completion_tokens),
             json_mode=request.get("response_format") == "json",
         )
 
@@ -151,12 +160,23 @@ class Gateway:
         temperature: float = 1.0,
         max_tokens: int | None = None,
         json_mode: bool = False,
+        seed: int | None = None,
     ) -> list[str]:
-        """``n`` completions, from the cache where it has them; the rest from the backend."""
+        """``n`` completions, from the cache where it has them; the rest from the backend.
+
+        ``seed`` replaces the configured seed for this request (the optimizer derives one per
+        episode, turn and candidate, so that its samples differ where they should).
+        """
         started = time.perf_counter()
         ledgers = (self.usage, self.budget.usage, Usage())  # the gateway's, the evaluation's, this call's
         texts = await self._chat(
-            ledgers, messages, n, temperature, max_tokens or self.cfg.max_completion_tokens, json_mode
+            ledgers,
+            messages,
+            n,
+            temperature,
+            max_tokens or self.cfg.max_completion_tokens,
+            json_mode,
+            self.cfg.seed if seed is None else seed,
         )
         if self.hooks:
             spent = ledgers[2]
@@ -175,32 +195,26 @@ class Gateway:
         temperature: float,
         max_tokens: int,
         json_mode: bool,
+        seed: int | None,
     ) -> list[str]:
-        params = {
-            "temperature": temperature,
-            "max_tokens": max_tokens,
-            "json": json_mode,
-            "seed": self.cfg.seed,
-        }
+        params = {"temperature": temperature, "max_tokens": max_tokens, "json": json_mode, "seed": seed}
         if self.cache is None:
             key, texts = "", {}
         else:  # hashing the request is only needed to look it up and store it
-            key = request_key(self.model, messages, params)
+            key = request_key(self.backend.identity, self.cfg.model_revision, messages, params)
             texts = self.cache.get(key, n)
         if len(texts) == n:
             for usage in ledgers:
                 usage.cached_calls += 1
             return [texts[i] for i in range(n)]
         missing = [i for i in range(n) if i not in texts]
-        first = await self._request(
-            ledgers, messages, len(missing), temperature, max_tokens, json_mode, self.cfg.seed
-        )
+        first = await self._request(ledgers, messages, len(missing), temperature, max_tokens, json_mode, seed)
         self._store(key, texts, missing[: len(first.texts)], first.texts)
         missing = missing[len(first.texts) :]
         if missing:
             # The server ignored n (llama.cpp, `transformers serve`): ask for the rest one by one,
             # each with its own seed so that seeded servers do not repeat the same sample.
-            seeds = [None if self.cfg.seed is None else self.cfg.seed + i for i in missing]
+            seeds = [None if seed is None else seed + i for i in missing]
             extra = await asyncio.gather(
                 *(
                     self._request(ledgers, messages, 1, temperature, max_tokens, json_mode, seed)
@@ -230,6 +244,7 @@ class Gateway:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.cfg.concurrency)
         estimate = sum(estimate_tokens(str(m.get("content", ""))) for m in messages) + max_tokens * n
+        prompt_bound = prompt_token_bound(messages)
         retries = connects = 0
         while True:
             self.budget.check()
@@ -237,14 +252,25 @@ class Gateway:
             await self._tokens.acquire(estimate)
             try:
                 async with self._slots:
-                    completion = await self.backend.generate(
-                        messages,
-                        n=n,
-                        temperature=temperature,
-                        max_tokens=max_tokens,
-                        json_mode=json_mode,
-                        seed=seed,
+                    # Checked again now that it is about to go out, and its worst case held until its
+                    # usage is accounted: requests that waited for a slot cannot overshoot together.
+                    budget = self.budget
+                    held = await budget.reserve_when_room(
+                        prompt_bound + n * max_tokens,
+                        self.prices.cost(self.model, prompt_bound, n * max_tokens),
                     )
+                    try:
+                        completion = await self.backend.generate(
+                            messages,
+                            n=n,
+                            temperature=temperature,
+                            max_tokens=max_tokens,
+                            json_mode=json_mode,
+                            seed=seed,
+                        )
+                        self._account(ledgers, completion, messages, prompt_bound, n * max_tokens)
+                    finally:
+                        budget.release(held)
             except Retryable as exc:
                 if retries >= self.cfg.max_retries:
                     raise InfrastructureError(
@@ -270,7 +296,6 @@ class Gateway:
                 continue
             except Rejected:
                 raise
-            self._account(ledgers, completion)
             self._tokens.refund(max(0, estimate - completion.prompt_tokens - completion.completion_tokens))
             return completion
 
@@ -282,10 +307,59 @@ class Gateway:
         for usage in ledgers:
             usage.retries += 1
 
-    def _account(self, ledgers: tuple[Usage, ...], completion: Completion) -> None:
-        cost = self.prices.cost(self.model, completion.prompt_tokens, completion.completion_tokens)
+    def _account(
+        self,
+        ledgers: tuple[Usage, ...],
+        completion: Completion,
+        messages: list[dict],
+        prompt_bound: int,
+        completion_bound: int,
+    ) -> None:
+        """Charge the ledgers. Usage a server reports is checked: missing numbers are estimated, and
+        impossible ones (not an integer, negative, beyond what the request could use) are clamped and
+        counted, so no server can refund a budget or charge it more than the request's worst case."""
+        reported = (completion.prompt_tokens, completion.completion_tokens)
+        prompt, bad_prompt = _checked_count(
+            reported[0],
+            prompt_bound,
+            lambda: sum(estimate_tokens(str(m.get("content", ""))) for m in messages),
+        )
+        used, bad_used = _checked_count(
+            reported[1], completion_bound, lambda: sum(estimate_tokens(t) for t in completion.texts)
+        )
+        clamped = bad_prompt or bad_used
+        if clamped:
+            log.warning(
+                "the executor reported impossible usage (prompt %r, completion %r tokens): clamped",
+                completion.prompt_tokens,
+                completion.completion_tokens,
+            )
+        completion.prompt_tokens, completion.completion_tokens = prompt, used
+        cost = self.prices.cost(self.model, prompt, used)
         for usage in ledgers:
             usage.llm_calls += 1
-            usage.prompt_tokens += completion.prompt_tokens
-            usage.completion_tokens += completion.completion_tokens
+            usage.prompt_tokens += prompt
+            usage.completion_tokens += used
             usage.cost_usd += cost
+            usage.usage_clamped += clamped
+
+
+def _checked_count(value, bound: int, estimate: Callable[[], int]) -> tuple[int, bool]:
+    """A reported token count, or the estimate where none was reported, within [0, bound]; and
+    whether the report was impossible (not an integer, negative, or beyond ``bound``)."""
+    if value is None:
+        return min(estimate(), bound), False
+    if type(value) is not int or value < 0:  # bool, float, string; a negative count would refund
+        return min(estimate(), bound), True
+    if value > bound:
+        return bound, True
+    return value, False
+
+
+def prompt_token_bound(messages: list[dict]) -> int:
+    """An upper bound on the prompt tokens of ``messages``: a token of a byte-level tokenizer covers at
+    least one byte, plus what a chat template adds around each message."""
+    return (
+        sum(len(str(m.get("content", "")).encode()) + _TEMPLATE_TOKENS for m in messages)
+        + _TEMPLATE_BASE_TOKENS
+    )

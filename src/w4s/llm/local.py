@@ -8,6 +8,7 @@ into one ``generate`` call (left padding), which is where a CPU or a GPU earns i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -40,6 +41,17 @@ def resolve(model: str) -> Path:
         f"local model {ref!r} is neither a pulled model ({', '.join(models.KNOWN)}), a Hugging Face folder with "
         "config.json, nor a .gguf file"
     )
+
+
+def fingerprint(path: Path) -> str:
+    """The revision of a local model, for cache keys: a retrained checkpoint saved in the same place
+    gets a new one (sizes and modification times of its files, hashed; no weights are read)."""
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
 
 
 def load(path: Path):
@@ -76,6 +88,7 @@ class LocalBackend:
     def __init__(self, model: str, batch_size: int = 8):
         self.model = model
         self.path = resolve(model)
+        self.identity = f"local:{self.path}@{fingerprint(self.path)}"
         self.batch_size = batch_size
         self._loaded = None
         self._load_lock = threading.Lock()
