@@ -18,19 +18,22 @@ from w4s.sandbox.config import SandboxConfig
 LIMIT = 4
 
 
-def optimize(server, out, data_dir, resume=False, **overrides):
+def optimize(server, out, data_dir, resume=False, max_tokens=None, **overrides):
+    limits = {} if max_tokens is None else {"max_completion_tokens": max_tokens}
+
     async def main():
-        executor = Gateway(GatewayConfig(base_url=server.url, cache_path=str(out / "executor.sqlite")))
-        meta = Gateway(GatewayConfig(base_url=server.url, cache_path=str(out / "meta.sqlite")))
-        cfg = OptimizeConfig(
-            task="gsm8k",
-            turns=2,
-            candidates=5,
-            validation_limit=LIMIT,
-            test_limit=LIMIT,
-            timeout_s=1.5,
-            **overrides,
+        executor = Gateway(
+            GatewayConfig(base_url=server.url, cache_path=str(out / "executor.sqlite"), **limits)
         )
+        meta = Gateway(GatewayConfig(base_url=server.url, cache_path=str(out / "meta.sqlite")))
+        settings = {
+            "task": "gsm8k",
+            "turns": 2,
+            "candidates": 5,
+            "validation_limit": LIMIT,
+            "test_limit": LIMIT,
+        }
+        cfg = OptimizeConfig(**{**settings, **overrides})
         try:
             optimizer = Optimizer(
                 cfg,
@@ -57,7 +60,7 @@ def finished(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("optimize")
     try:
         report = optimize(server, out, data_dir)
-        stats = server.stats()
+        stats = {**server.stats(), "port": server.port}
     finally:
         server.stop()
     records = [json.loads(line) for line in (out / "run" / "trajectories.jsonl").read_text().splitlines()]
@@ -155,8 +158,8 @@ def test_feedback_never_shows_test_questions(finished, data_dir):
 def test_the_same_seed_and_cache_give_the_same_trajectory(finished, tmp_path, data_dir):
     from tests.conftest import ScriptedServer
 
-    _, records, run, _ = finished
-    server = ScriptedServer(script(data_dir, LIMIT))
+    _, records, run, stats = finished
+    server = ScriptedServer(script(data_dir, LIMIT), port=stats["port"])  # the cache keys on the endpoint
     try:
         for name in ("executor.sqlite", "meta.sqlite"):
             (tmp_path / name).write_bytes((run.parent / name).read_bytes())
@@ -165,13 +168,6 @@ def test_the_same_seed_and_cache_give_the_same_trajectory(finished, tmp_path, da
     finally:
         server.stop()
     again = [json.loads(line) for line in (tmp_path / "run" / "trajectories.jsonl").read_text().splitlines()]
-
-    def essence(rows):
-        return [
-            (r["turn"], r["candidate"], r["workflow"], r["valid_score"], r["reward"], r["selected"])
-            for r in rows
-        ]
-
     assert essence(again) == essence(records)
 
 
@@ -187,22 +183,56 @@ def test_an_existing_run_needs_resume(finished, data_dir):
         )
 
 
-def test_budget_stops_the_run_cleanly(tmp_path, data_dir):
-    from tests.conftest import ScriptedServer
+def essence(rows):
+    return [
+        (r["turn"], r["candidate"], r["workflow"], r["valid_score"], r["reward"], r["selected"]) for r in rows
+    ]
 
-    server = ScriptedServer(script(data_dir, LIMIT))
+
+GREEDY = (
+    "def solver(agent, task):\n    # GREEDY: asks for far more than the executor's caps allow\n"
+    "    replies = agent.call_llm(task, num_of_response=20, max_completion_tokens=10 ** 9)\n"
+    "    return agent.extract_answer_str(replies[0])\n"
+)
+
+
+def test_a_budget_stop_commits_only_what_happened_and_resume_finishes_the_run(tmp_path, data_dir):
+    """Stopped by its budget while a candidate is being evaluated, a run keeps only the candidates whose
+    evaluation completed (no deflated score or reward), never spends beyond its budget, persists its
+    spend, and a resume ends with exactly the trajectory of a run that was never stopped."""
+    from tests.conftest import ScriptedServer
+    from tests.optimizer.scenario import block
+
+    scenario = script(data_dir, LIMIT)
+    scenario["rules"] = [{"match": "# Example workflows", "replies": [block(HALF), block(GREEDY)]}]
+    # GREEDY's worst case (20 choices x 1000 tokens, ~$0.012) no longer fits once the baselines, the turn's
+    # meta-agent request and HALF have run (~$0.0007 spent); every earlier request's worst case (< $0.0032) does.
+    settings = {"turns": 1, "candidates": 2, "max_tokens": 1000, "meta_max_tokens": 64}
+    server = ScriptedServer(scenario)
     try:
-        report = optimize(server, tmp_path, data_dir, budget_usd=0.0002)
+        reference = optimize(server, tmp_path / "reference", data_dir, **settings)
+        stopped = optimize(server, tmp_path, data_dir, budget_usd=0.008, **settings)
+        run = tmp_path / "run"
+        spend = json.loads((run / "spend.json").read_text())
+        spent = spend["executor"]["cost_usd"] + spend["meta"]["cost_usd"]
+        staged = [json.loads(line) for line in (run / ".turn-staging.jsonl").read_text().splitlines()]
+        committed_when_stopped = (run / "trajectories.jsonl").exists()
+        resumed = optimize(server, tmp_path, data_dir, resume=True, **settings)
     finally:
         server.stop()
-    assert report["stopped"] and "budget" in report["stopped"]
-    spent = report["usage"]["executor"]["cost_usd"] + report["usage"]["meta"]["cost_usd"]
-    # Requests already in flight when the limit is reached still complete (at most `concurrency`
-    # samples' worth, about $0.00002 each here), so the overshoot is small but not zero.
-    assert 0.0002 <= spent < 0.0002 + 8 * 0.00003
-    run = tmp_path / "run"
-    assert (run / "report.md").read_text().count("Stopped early") == 1
-    committed = (
-        (run / "trajectories.jsonl").read_text().splitlines() if (run / "trajectories.jsonl").exists() else []
-    )
-    assert len(committed) % 5 == 0  # only whole turns are committed; a partial turn stays staged
+    assert reference["stopped"] is None and stopped["stopped"] and "budget" in stopped["stopped"]
+    assert spent <= 0.008 and spend == stopped["usage"]
+    # HALF was evaluated completely and staged with its true score; GREEDY was not staged at all.
+    assert [(r["candidate"], r["valid_score"]) for r in staged] == [(0, 0.5)]
+    assert not committed_when_stopped  # the turn was not complete
+    records = [json.loads(line) for line in (run / "trajectories.jsonl").read_text().splitlines()]
+    expected = [
+        json.loads(line)
+        for line in (tmp_path / "reference" / "run" / "trajectories.jsonl").read_text().splitlines()
+    ]
+    assert resumed["stopped"] is None and essence(records) == essence(expected)
+    assert (
+        records[1]["valid_score"] == expected[1]["valid_score"] == 1.0
+    )  # GREEDY's own score, not a budget's
+    total = json.loads((run / "spend.json").read_text())
+    assert total["executor"]["cost_usd"] + total["meta"]["cost_usd"] > spent  # carried across the resume

@@ -40,7 +40,7 @@ def command(server, tmp_path, resume):
         str(LIMIT),
         "--test-limit",
         str(LIMIT),
-        "--timeout-s",
+        "--sandbox-timeout-s",
         "1.5",
         "--out",
         str(tmp_path / "run"),

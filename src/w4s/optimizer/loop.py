@@ -5,10 +5,17 @@ first staged (``.turn-staging.jsonl``, fsynced one by one, so a crash loses at m
 in flight); when the turn is complete they are appended to ``trajectories.jsonl`` together, with
 the ``selected`` flag of the one that advances the state. Feedback and selection use the validation
 split only; the test split is scored once, for the best workflow, at the very end.
+
+A record is exactly what happened: a candidate whose evaluation did not complete (the budget ran
+out before or while its samples ran) is never staged, so no deflated score or reward becomes
+training data; the run stops, says why, and a resume with more budget redoes that candidate. The
+run's spend, its defining settings and the turn's replies live in the run folder
+(:mod:`w4s.optimizer.run_folder`), so a resume continues the same run within the same budget.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,9 +29,11 @@ from w4s.errors import ConfigError
 from w4s.evaluation import EvaluationConfig, EvaluationResult, evaluate, select
 from w4s.feedback import build_feedback
 from w4s.llm.gateway import Gateway
+from w4s.llm.limits import Budget, BudgetExceeded
 from w4s.optimizer import prompts
 from w4s.optimizer.extraction import extract_workflow, static_check
 from w4s.optimizer.rewards import REWARD_KINDS, reward
+from w4s.optimizer.run_folder import RUN, RunFolder, atomic_write
 from w4s.optimizer.trajectory import TrajectoryStore
 from w4s.sandbox.config import SandboxConfig
 from w4s.tasks import get_task
@@ -73,9 +82,11 @@ class OptimizeConfig:
     seed: int = option(0, "seed of the validation subset and the feedback cases")
     episode: int = option(0, "episode index written into the records", lambda v: v >= 0, "0 or more")
     concurrency: int = option(8, "samples evaluated at once", positive)
-    timeout_s: float = option(60.0, "wall-clock limit per sample", positive)
     budget_usd: float | None = option(
-        None, "stop the run cleanly once the executor cost reaches this", positive
+        None,
+        "the run's budget for executor and meta-agent together, across resumes: a request is sent only if "
+        "its worst case fits, and the run stops cleanly (exit 4) when none does",
+        positive,
     )
     meta_max_tokens: int = option(4096, "longest meta-agent reply", positive)
 
@@ -87,6 +98,17 @@ class TurnState:
     best_score: float
     previous_score: float
     history: list[dict] = field(default_factory=list)  # selected records, oldest first
+
+
+class _Stopped(Exception):
+    """The budget cannot cover what the run needs next: unwind to :meth:`Optimizer.run` and report."""
+
+
+def derive_seed(*parts: int) -> int:
+    """A sampling seed per (seed, episode, turn, candidate, attempt): different where the samples must
+    differ (another episode, turn or repair), the same on a rerun of the same step."""
+    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
 
 
 class Optimizer:
@@ -107,7 +129,7 @@ class Optimizer:
         self.executor = executor
         self.out = Path(out_dir).expanduser().resolve()
         self.data_dir = data_dir
-        self.sandbox = sandbox or SandboxConfig(timeout_s=cfg.timeout_s)
+        self.sandbox = sandbox or SandboxConfig()
         self.task = get_task(cfg.task)
         self.on_event = on_event or (lambda kind, data: None)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -116,37 +138,109 @@ class Optimizer:
             raise ConfigError(
                 f"{self.out} already holds a run; pass --resume to continue it, or choose another --out"
             )
+        self.validation = select(self.task.load("validation", data_dir), cfg.validation_limit, cfg.seed)
+        if (
+            resume
+            and not (self.out / RUN).exists()
+            and (existing.exists() or (self.out / BASELINES).exists())
+        ):
+            raise ConfigError(
+                f"{self.out} has no run.json: it was not made by this w4s optimize; choose another --out"
+            )
+        self.folder = RunFolder(self.out, self.identity(), resume)
         self.store = TrajectoryStore(existing)
         self.staging = TrajectoryStore(self.out / STAGING)
-        self.validation = select(self.task.load("validation", data_dir), cfg.validation_limit, cfg.seed)
         self.stopped: str | None = None
+        self.sandbox_isolation: dict = {}  # the isolation the evaluations ran under (in the report)
 
-    # --- evaluation helpers ------------------------------------------------------------------------
-    def _spent_usd(self) -> float:
-        return self.executor.usage.cost_usd + self.meta.usage.cost_usd
+    def identity(self) -> dict:
+        """The settings that define this run: a resume must not change them (see RunFolder)."""
+        return {
+            "task": self.cfg.task,
+            "episode": self.cfg.episode,
+            "seed": self.cfg.seed,
+            "validation_limit": self.cfg.validation_limit,
+            "candidates": self.cfg.candidates,
+            "repairs": self.cfg.repairs,
+            "reward": self.cfg.reward,
+            "context_turns": self.cfg.context_turns,
+            "executor": [self.executor.model, self.executor.cfg.model_revision],
+            "meta_agent": [self.meta.model, self.meta.cfg.model_revision],
+            "sample_timeout_s": self.sandbox.timeout_s,
+        }
 
-    def _eval_cfg(self, split: str = "validation") -> EvaluationConfig:
-        remaining = None
-        if self.cfg.budget_usd is not None:
-            remaining = max(1e-9, self.cfg.budget_usd - self._spent_usd())
-        return EvaluationConfig(
-            split=split, concurrency=self.cfg.concurrency, timeout_s=self.cfg.timeout_s, budget_usd=remaining
-        )
+    # --- spend and budget --------------------------------------------------------------------------
+    def spend(self) -> dict:
+        """The run's spend so far, earlier processes included."""
+        return self.folder.total(self.executor.usage, self.meta.usage)
 
+    def _save_spend(self, throttle: bool = False) -> None:
+        self.folder.save_spend(self.executor.usage, self.meta.usage, throttle)
+
+    def _remaining_usd(self) -> float | None:
+        if self.cfg.budget_usd is None:
+            return None
+        spend = self.spend()
+        return self.cfg.budget_usd - spend["executor"].cost_usd - spend["meta"].cost_usd
+
+    def _check_budget(self) -> None:
+        remaining = self._remaining_usd()
+        if remaining is not None and remaining <= 0:
+            self._stop("the run's budget is spent")
+
+    def _stop(self, reason: str) -> None:
+        """Stop the run: ``reason`` from a budget of this process is restated as the run's own."""
+        remaining = self._remaining_usd()
+        if remaining is not None:
+            reason = (
+                f"the run's budget of ${self.cfg.budget_usd:g} has ${max(0.0, remaining):.6f} left, less than "
+                "what comes next may cost"
+            )
+        self.stopped = reason
+        raise _Stopped
+
+    # --- evaluation and the meta-agent -------------------------------------------------------------
     async def _evaluate(
         self, source: str, samples: list[Sample], split: str = "validation"
     ) -> EvaluationResult:
-        result = await evaluate(
-            source, self.task, self.executor, self._eval_cfg(split), sandbox=self.sandbox, samples=samples
+        """A complete evaluation, or :class:`_Stopped`: an incomplete one is never used."""
+        self._check_budget()
+        cfg = EvaluationConfig(
+            split=split, concurrency=self.cfg.concurrency, budget_usd=self._remaining_usd()
         )
-        if result.budget_exhausted:
-            self.stopped = result.budget_exhausted
+        try:
+            result = await evaluate(
+                source,
+                self.task,
+                self.executor,
+                cfg,
+                sandbox=self.sandbox,
+                samples=samples,
+                on_sample=lambda _outcome: self._save_spend(throttle=True),
+            )
+        finally:
+            self._save_spend()
+        self.sandbox_isolation = result.sandbox
+        if not result.complete:
+            self._stop(result.budget_exhausted or "the budget is spent")
         return result
 
-    def _budget_spent(self) -> bool:
-        if self.cfg.budget_usd is not None and self._spent_usd() >= self.cfg.budget_usd:
-            self.stopped = f"the budget of ${self.cfg.budget_usd:g} is spent"
-        return self.stopped is not None
+    async def _ask_meta(self, messages: list[dict], n: int, seed: int) -> list[str]:
+        """The meta-agent's replies, within what is left of the run's budget."""
+        self._check_budget()
+        self.meta.start_budget(Budget(max_usd=self._remaining_usd()))
+        try:
+            return await self.meta.chat(
+                messages,
+                n=n,
+                temperature=self.cfg.temperature,
+                max_tokens=self.cfg.meta_max_tokens,
+                seed=seed,
+            )
+        except BudgetExceeded as exc:
+            self._stop(str(exc))
+        finally:
+            self._save_spend()
 
     # --- baselines ---------------------------------------------------------------------------------
     async def baselines(self) -> dict[str, dict]:
@@ -158,9 +252,7 @@ class Optimizer:
             result = await self._evaluate(source, self.validation)
             scores[name] = {"valid_score": result.score, "source": source, "usage": result.usage.to_dict()}
             self.on_event("baseline", {"name": name, "score": result.score})
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(scores, indent=2))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(scores, indent=2))
         return scores
 
     # --- state -------------------------------------------------------------------------------------
@@ -224,23 +316,19 @@ class Optimizer:
                 if error is None:
                     check = await self._evaluate(workflow, self.validation[:1])
                     sample = check.samples[0]
-                    if sample.error is not None and sample.answer is None and not sample.not_run:
+                    if sample.error is not None and sample.answer is None:
                         error, line = sample.error, sample.error_line
                 ask = prompts.repair(self.task.description, workflow, error or "", line)
             if error is None:
                 record["workflow"] = workflow
                 break
-            if self._budget_spent():
-                record["error"] = f"stopped: {self.stopped}"
-                break
             record["error"] = error
             if attempt == self.cfg.repairs:
                 break
-            repaired = await self.meta.chat(
+            repaired = await self._ask_meta(
                 [{"role": "system", "content": prompts.system()}, {"role": "user", "content": ask}],
-                n=1,
-                temperature=self.cfg.temperature,
-                max_tokens=self.cfg.meta_max_tokens,
+                1,
+                derive_seed(self.cfg.seed, self.cfg.episode, turn, index, attempt + 1),
             )
             record["repairs"].append({"error": error, "line": line, "reply": repaired[0]})
             current_reply = repaired[0]
@@ -274,37 +362,36 @@ class Optimizer:
 
     # --- the run -----------------------------------------------------------------------------------
     async def run(self) -> dict:
-        baselines = await self.baselines()
-        for turn in range(1, self.cfg.turns + 1):
-            if self._budget_spent():
-                break
-            if (self.cfg.episode, turn, self.cfg.candidates - 1) in self.store:
-                continue  # committed in an earlier run
-            state = self.state(baselines)
-            prompt = self.messages(baselines, state)
-            self.on_event("turn", {"turn": turn, "best": state.best_score})
-            replies = await self.meta.chat(
-                prompt,
-                n=self.cfg.candidates,
-                temperature=self.cfg.temperature,
-                max_tokens=self.cfg.meta_max_tokens,
-            )
-            staged = {
-                r["candidate"]: r
-                for r in self.staging
-                if r["episode"] == self.cfg.episode and r["turn"] == turn
-            }
-            for index, reply in enumerate(replies):
-                if index in staged or (self.cfg.episode, turn, index) in self.store:
-                    continue
-                staged[index] = await self.candidate(turn, index, prompt, reply, state)
-                self.staging.append(staged[index])
-                if self.stopped:
-                    break
-            if len(staged) < self.cfg.candidates:
-                break  # stopped by the budget inside the turn; the staged candidates stay staged
-            self.commit(turn, [staged[i] for i in range(self.cfg.candidates)], state)
+        baselines: dict[str, dict] = {}
+        try:
+            baselines = await self.baselines()
+            for turn in range(1, self.cfg.turns + 1):
+                if (self.cfg.episode, turn, self.cfg.candidates - 1) in self.store:
+                    continue  # committed in an earlier run
+                await self.turn(turn, baselines)
+        except _Stopped:
+            log.warning("stopping: %s", self.stopped)
         return await self.finish(baselines)
+
+    async def turn(self, turn: int, baselines: dict[str, dict]) -> None:
+        state = self.state(baselines)
+        prompt = self.messages(baselines, state)
+        self.on_event("turn", {"turn": turn, "best": state.best_score})
+        replies = self.folder.replies(self.cfg.episode, turn)
+        if replies is None or len(replies) != self.cfg.candidates:
+            replies = await self._ask_meta(
+                prompt, self.cfg.candidates, derive_seed(self.cfg.seed, self.cfg.episode, turn)
+            )
+            self.folder.save_replies(self.cfg.episode, turn, replies)
+        staged = {
+            r["candidate"]: r for r in self.staging if r["episode"] == self.cfg.episode and r["turn"] == turn
+        }
+        for index, reply in enumerate(replies):
+            if index in staged or (self.cfg.episode, turn, index) in self.store:
+                continue
+            staged[index] = await self.candidate(turn, index, prompt, reply, state)
+            self.staging.append(staged[index])
+        self.commit(turn, [staged[i] for i in range(self.cfg.candidates)], state)
 
     def commit(self, turn: int, records: list[dict], state: TurnState) -> None:
         scored = [r for r in records if r["valid_score"] is not None]
@@ -317,12 +404,14 @@ class Optimizer:
                 self.store.append(record)
         self.staging.path.unlink(missing_ok=True)
         self.staging = TrajectoryStore(self.out / STAGING)
+        self.folder.clear_replies()
         self.on_event(
             "committed",
             {"turn": turn, "selected": None if chosen is None else chosen["candidate"], "best": best_after},
         )
 
     async def finish(self, baselines: dict[str, dict]) -> dict:
+        """Score the best validated workflow once on test (when the budget allows) and write the report."""
         from w4s.optimizer.report import write_report
 
         options = [
@@ -339,14 +428,19 @@ class Optimizer:
             for r in self.store
             if r["workflow"] is not None and r["valid_score"] is not None
         ]
-        best = max(options, key=lambda o: (o["valid_score"], -o["turn"]))
-        test_samples = select(self.task.load("test", self.data_dir), self.cfg.test_limit, self.cfg.seed)
+        best = max(options, key=lambda o: (o["valid_score"], -o["turn"])) if options else None
         test_result = None
-        if not self._budget_spent():
-            test_result = await self._evaluate(best["source"], test_samples, split="test")
-        (self.out / "best_workflow.py").write_text(best["source"])
-        report = write_report(self, baselines, best, test_result)
-        return report
+        if best is not None:
+            (self.out / "best_workflow.py").write_text(best["source"])
+            if self.stopped is None:
+                test_samples = select(
+                    self.task.load("test", self.data_dir), self.cfg.test_limit, self.cfg.seed
+                )
+                try:
+                    test_result = await self._evaluate(best["source"], test_samples, split="test")
+                except _Stopped:
+                    log.warning("the test split was not scored: %s", self.stopped)
+        return write_report(self, baselines, best, test_result)
 
 
 def _delta(before: dict, after: dict) -> dict:

@@ -31,8 +31,9 @@ def _turns(records: list[dict]) -> list[dict]:
 
 
 def write_report(
-    optimizer: Optimizer, baselines: dict[str, dict], best: dict, test: EvaluationResult | None
+    optimizer: Optimizer, baselines: dict[str, dict], best: dict | None, test: EvaluationResult | None
 ) -> dict:
+    """``best`` is None when the run stopped before any workflow was scored."""
     out = optimizer.out
     records = [r for r in optimizer.store if r["episode"] == optimizer.cfg.episode]
     report = {
@@ -41,7 +42,9 @@ def write_report(
         "config": {k: v for k, v in vars(optimizer.cfg).items()},
         "meta_model": optimizer.meta.model,
         "executor": optimizer.executor.model,
-        "best": {
+        "best": None
+        if best is None
+        else {
             "name": best["name"],
             "valid_score": best["valid_score"],
             "test_score": None if test is None else test.score,
@@ -49,7 +52,8 @@ def write_report(
         },
         "baselines": {name: b["valid_score"] for name, b in baselines.items()},
         "turns": _turns(records),
-        "usage": {"executor": optimizer.executor.usage.to_dict(), "meta": optimizer.meta.usage.to_dict()},
+        "usage": {side: usage.to_dict() for side, usage in optimizer.spend().items()},  # all resumes
+        "sandbox": optimizer.sandbox_isolation,
         "stopped": optimizer.stopped,
     }
     _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
@@ -70,13 +74,27 @@ def _pct(value) -> str:
 
 def _markdown(report: dict) -> str:
     best = report["best"]
+    sandbox = report["sandbox"]
     lines = [
         f"# w4s optimize: {report['task']}",
         "",
-        f"Meta-agent `{report['meta_model']}`, executor `{report['executor']}`.",
+        f"Meta-agent `{report['meta_model']}`, executor `{report['executor']}`. Sandbox: "
+        + (
+            f"{sandbox.get('backend')}, "
+            + (
+                f"DEGRADED ({', '.join(sandbox['degraded'])})"
+                if sandbox.get("degraded")
+                else "full isolation"
+            )
+            if sandbox
+            else "not started"
+        )
+        + ".",
         "",
         f"**Best workflow**: {best['name']} — validation {_pct(best['valid_score'])}, "
-        f"test {_pct(best['test_score'])} ({best['test_samples'] or 0} test samples, scored once).",
+        f"test {_pct(best['test_score'])} ({best['test_samples'] or 0} test samples, scored once)."
+        if best is not None
+        else "**Best workflow**: none (the run stopped before any workflow was scored).",
         "",
         "## Baselines (validation)",
         "",

@@ -4,6 +4,11 @@ Each record is written with a single ``write`` of one line followed by ``fsync``
 can at worst leave a partial last line; opening the store drops that line (the candidate in
 flight is lost and redone). Records are keyed by (episode, turn, candidate): a resumed run skips
 keys already present and never writes one twice.
+
+Damage anywhere else (a line that is not a record: a flipped byte, an edit) is never dropped
+silently: the damaged lines are moved to ``<file>.damaged`` (with their line numbers) and opening
+the store fails with :class:`DamagedStore`, which says where they went; a second open then sees
+only the good records.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from w4s.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +37,34 @@ REQUIRED = (
 )
 
 
+class DamagedStore(ConfigError):
+    """Lines of a trajectory file are not records; they were moved aside, and the run stops."""
+
+
 def record_key(record: dict) -> tuple[int, int, int]:
     return int(record["episode"]), int(record["turn"]), int(record["candidate"])
+
+
+def _parse(line: bytes) -> dict | None:
+    """The record on ``line``, or None when the line is not one."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or any(field not in record for field in REQUIRED):
+        return None
+    if not all(
+        type(record[field]) is int and record[field] >= 0 for field in ("episode", "turn", "candidate")
+    ):
+        return None
+    return record
+
+
+def _fsync_write(path: Path, data: bytes, mode: str = "wb") -> None:
+    with path.open(mode) as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 class TrajectoryStore:
@@ -46,23 +79,43 @@ class TrajectoryStore:
         if not self.path.exists():
             return
         data = self.path.read_bytes()
-        good_end = 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break  # a partial line from a crash mid-write
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
+        lines = data.splitlines(keepends=True)
+        torn = b""
+        if lines and not lines[-1].endswith(b"\n"):
+            torn = lines.pop()  # a partial last line from a crash mid-write: the candidate in flight
+        kept: list[bytes] = []
+        damaged: list[tuple[int, bytes]] = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            record = _parse(line)
+            if record is None or record_key(record) in self._keys:
+                damaged.append((number, line))
+                continue
             self.records.append(record)
             self._keys.add(record_key(record))
-            good_end += len(line)
-        if good_end < len(data):
-            log.warning(
-                "dropping %d bytes of an unfinished record at the end of %s", len(data) - good_end, self.path
+            kept.append(line)
+        if torn:
+            log.warning("dropping %d bytes of an unfinished record at the end of %s", len(torn), self.path)
+        if damaged:
+            aside = self.path.with_name(self.path.name + ".damaged")
+            entries = b"".join(
+                json.dumps({"line": number, "text": line.decode("utf-8", "replace")}).encode() + b"\n"
+                for number, line in damaged
             )
+            _fsync_write(aside, entries, "ab")  # first: nothing is ever only in memory
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            _fsync_write(tmp, b"".join(kept))
+            os.replace(tmp, self.path)
+            numbers = ", ".join(str(number) for number, _ in damaged[:10])
+            raise DamagedStore(
+                f"{self.path} had {len(damaged)} damaged line(s) ({numbers}{', ...' if len(damaged) > 10 else ''}), "
+                f"moved to {aside}; inspect them, then resume again to continue with the "
+                f"{len(self.records)} good records"
+            )
+        if torn:
             with self.path.open("r+b") as handle:
-                handle.truncate(good_end)
+                handle.truncate(len(data) - len(torn))
                 handle.flush()
                 os.fsync(handle.fileno())
 
@@ -82,11 +135,9 @@ class TrajectoryStore:
         key = record_key(record)
         if key in self._keys:
             raise ValueError(f"trajectory already holds episode {key[0]} turn {key[1]} candidate {key[2]}")
-        line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        # ASCII-escaped: any string a reply holds (a lone surrogate included) makes one valid line.
+        line = json.dumps(record, ensure_ascii=True, sort_keys=True) + "\n"
+        _fsync_write(self.path, line.encode(), "ab")
         self.records.append(record)
         self._keys.add(key)
 
