@@ -57,9 +57,9 @@ def run_one(source: str, cfg: SandboxConfig, task="task", host=None):
 class ScriptedServer:
     """The scripted OpenAI-compatible server (tests/servers/openai_scripted.py) in its own process."""
 
-    def __init__(self, script: dict | None = None):
+    def __init__(self, script: dict | None = None, port: int = 0):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.servers.openai_scripted"],
+            [sys.executable, "-m", "tests.servers.openai_scripted", "--port", str(port)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -23,7 +23,7 @@ def test_yaml_then_overrides(tmp_path):
     [
         ({"isolation": "docker"}, "use auto, bwrap or process"),
         ({"memory_mb": 5}, "at least 128 MiB"),
-        ({"timeout_s": -1}, "timeout_s=-1.0 is invalid: must be greater than 0"),
+        ({"timeout_s": -1}, "timeout_s=-1.0 is invalid: must be a finite number greater than 0"),
         ({"timeout_s": "soon"}, "timeout_s must be float"),
         ({"seccomp": 1}, "seccomp must be bool"),
         ({"memroy_mb": 5}, "unknown SandboxConfig field(s) memroy_mb"),

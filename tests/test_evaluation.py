@@ -204,7 +204,9 @@ def test_budget_exhaustion_stops_with_partial_results_marked(
     assert result["samples_run"] == 4 and result["budget_exhausted"] == "the call budget (4) is spent"
     assert [s["not_run"] for s in result["samples"]] == [False] * 4 + [True] * 6
     assert all(s["error"].startswith("not run: the call budget") for s in result["samples"][4:])
-    assert result["score"] == 0.4 and executor_server.stats()["requests"] == 4
+    # The score is over the samples that ran; the result says it is incomplete.
+    assert result["score"] == 1.0 and result["complete"] is False
+    assert executor_server.stats()["requests"] == 4
 
 
 def test_bad_arguments_give_one_clear_line(tmp_path, data_dir):

@@ -6,13 +6,17 @@ import argparse
 import gc
 import json
 import logging
+import os
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from w4s import __version__
 from w4s.errors import ConfigError, InfrastructureError, W4SError
 
 log = logging.getLogger("w4s")
+EXIT_STOPPED = 4  # a run stopped early (its budget is spent); it can be resumed
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -33,16 +37,12 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _sandbox_config(args, timeout_s: float | None = None):
-    """SandboxConfig from --config and --sandbox-* flags; ``timeout_s`` is the per-sample default when
-    --sandbox-timeout-s is not given (the evaluation's own --timeout-s)."""
+def _sandbox_config(args):
+    """SandboxConfig from --config and the --sandbox-* flags (the per-sample time limit included)."""
     from w4s import config
     from w4s.sandbox.config import SandboxConfig
 
-    overrides = config.overrides_from(args, SandboxConfig, "sandbox-")
-    if overrides["timeout_s"] is None and timeout_s is not None:
-        overrides["timeout_s"] = timeout_s
-    return config.load(SandboxConfig, args.config, overrides)
+    return config.load(SandboxConfig, args.config, config.overrides_from(args, SandboxConfig, "sandbox-"))
 
 
 def settle_heap() -> None:
@@ -54,6 +54,25 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def _writable(path: str | None, flag: str) -> None:
+    """Fail before any work when an output cannot be written, rather than after it, losing it."""
+    if not path:
+        return
+    target = Path(path).expanduser().resolve()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=True):
+            pass
+        if target.exists() and not os.access(target, os.W_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {flag} {target} ({exc.strerror or exc}); choose a writable path"
+        ) from None
 
 
 def _write_json(path: str | None, payload) -> None:
@@ -70,6 +89,7 @@ def cmd_sandbox_doctor(args) -> int:
     from w4s.sandbox import doctor
 
     cfg = _sandbox_config(args)
+    _writable(args.json, "--json")
     checks = doctor.diagnose(cfg)
     table = Table(title="w4s sandbox doctor")
     table.add_column("layer")
@@ -126,16 +146,14 @@ def cmd_evaluate(args) -> int:
     from w4s.tasks import get_task
 
     task = get_task(args.task)
-    eval_overrides = config.overrides_from(args, EvaluationConfig)
-    if args.timeout is not None:
-        eval_overrides["timeout_s"] = args.timeout
-    eval_cfg = config.load(EvaluationConfig, None, eval_overrides)
+    eval_cfg = config.load(EvaluationConfig, None, config.overrides_from(args, EvaluationConfig))
     gateway_cfg = config.load(
         GatewayConfig, args.executor_config, config.overrides_from(args, GatewayConfig, "executor-")
     )
-    sandbox_cfg = _sandbox_config(args, eval_cfg.timeout_s)
+    sandbox_cfg = _sandbox_config(args)
     label, source = workflows.resolve(args.workflow, task.family)
     samples = task.load(eval_cfg.split, args.data_dir)
+    _writable(args.json, "--json")
 
     async def run():
         gateway = Gateway(gateway_cfg)
@@ -222,7 +240,11 @@ def cmd_optimize(args) -> int:
     if meta_overrides["api_key_env"] is None:
         meta_overrides["api_key_env"] = "W4S_META_API_KEY,OPENAI_API_KEY"
     meta_cfg = config.load(GatewayConfig, args.meta_config, meta_overrides)
-    sandbox_cfg = _sandbox_config(args, cfg.timeout_s)
+    if meta_cfg.cache_path is None:
+        # The meta-agent's replies are the data a run collects: a cache would replay an earlier episode's
+        # (or an earlier model's) candidates. It is used only where a path is given explicitly.
+        meta_cfg = replace(meta_cfg, cache_path="off")
+    sandbox_cfg = _sandbox_config(args)
 
     async def run():
         executor, meta = Gateway(executor_cfg), Gateway(meta_cfg)
@@ -269,15 +291,21 @@ def cmd_optimize(args) -> int:
     settle_heap()
     report = asyncio.run(run())
     best = report["best"]
-    log.info(
-        "best workflow %s: validation %.4f, test %s; wrote %s",
-        best["name"],
-        best["valid_score"],
-        "not scored" if best["test_score"] is None else f"{best['test_score']:.4f}",
-        args.out,
-    )
+    if best is not None:
+        log.info(
+            "best workflow %s: validation %.4f, test %s; wrote %s",
+            best["name"],
+            best["valid_score"],
+            "not scored" if best["test_score"] is None else f"{best['test_score']:.4f}",
+            args.out,
+        )
     if report["stopped"]:
-        log.warning("stopped early: %s", report["stopped"])
+        print(
+            f"w4s: stopped early: {report['stopped']}; what finished is kept in {args.out}, and --resume with a "
+            "larger --budget-usd continues the run",
+            file=sys.stderr,
+        )
+        return EXIT_STOPPED
     return 0
 
 
@@ -366,7 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("workflow", help="workflow file, or a shipped example name (cot, cot_sc, pot, ...)")
     evaluate.add_argument("--task", required=True, choices=task_names(), help="benchmark task")
     evaluate.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
-    evaluate.add_argument("--timeout", type=float, help="seconds per sample (alias of --timeout-s)")
     config.add_arguments(evaluate, EvaluationConfig)
     config.add_arguments(evaluate, GatewayConfig, prefix="executor-")
     evaluate.add_argument("--executor-config", help="YAML file with GatewayConfig fields for the executor")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -22,15 +23,33 @@ from w4s.errors import ConfigError
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, check: Callable[[Any], bool] | None = None, why: str = "") -> Any:
-    """A config field: ``check(value)`` must hold, else ``why`` tells the user what is allowed."""
+def option(
+    default: Any,
+    help: str,
+    check: Callable[[Any], bool] | None = None,
+    why: str = "",
+    flag: str | None = None,
+) -> Any:
+    """A config field: ``check(value)`` must hold, else ``why`` tells the user what is allowed.
+
+    ``flag`` names its command-line flag where the generated ``--<prefix><field>`` would read badly.
+    """
     if check is positive and not why:
-        why = "must be greater than 0"
-    return dataclasses.field(default=default, metadata={"help": help, "check": check, "why": why})
+        why = "must be a finite number greater than 0"
+    if check is non_negative and not why:
+        why = "must be a finite number, 0 or more"
+    return dataclasses.field(
+        default=default, metadata={"help": help, "check": check, "why": why, "flag": flag}
+    )
 
 
 def positive(value) -> bool:
-    return value > 0
+    """Greater than 0 and finite (``inf`` is not a limit, and NaN compares false to everything)."""
+    return value > 0 and math.isfinite(value)
+
+
+def non_negative(value) -> bool:
+    return value >= 0 and math.isfinite(value)
 
 
 def validate(cfg) -> None:
@@ -108,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
     """Add one ``--flag`` per field (default None: unset flags do not override YAML)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        flag = "--" + prefix + f.name.replace("_", "-")
+        flag = "--" + (f.metadata.get("flag") or prefix + f.name.replace("_", "-"))
         if hints[f.name] is bool:  # `--flag` alone means true; `--flag false` turns it off
             parser.add_argument(
                 flag,

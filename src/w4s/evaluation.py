@@ -4,6 +4,7 @@ gateway. This is the environment of the W4S decision process."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -12,12 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from w4s.config import option, positive
+from w4s.errors import InfrastructureError
 from w4s.llm.gateway import Gateway
 from w4s.llm.limits import Budget, Usage
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
 from w4s.sandbox.workflow import SampleResult, WorkflowSandbox, run_lanes
-from w4s.tasks.base import Sample, Task
+from w4s.tasks.base import Sample, Score, Task
+
+log = logging.getLogger(__name__)
+# Answers larger than this (as they crossed from the sandbox) are scored off the event loop.
+_SCORE_INLINE_BYTES = 64 * 1024
 
 
 @dataclass
@@ -28,7 +34,6 @@ class EvaluationConfig:
     limit: int | None = option(None, "score at most this many samples (a seeded subset)", positive)
     seed: int = option(0, "seed of the subset chosen by --limit (never the clock)")
     concurrency: int = option(8, "samples running at once", positive)
-    timeout_s: float = option(60.0, "wall-clock limit per sample, enforced by SIGKILL", positive)
     budget_usd: float | None = option(None, "stop cleanly once the executor cost reaches this", positive)
     budget_calls: int | None = option(None, "stop cleanly after this many executor calls", positive)
     budget_tokens: int | None = option(None, "stop cleanly after this many executor tokens", positive)
@@ -44,7 +49,7 @@ class SampleOutcome:
     wall_seconds: float = 0.0
     llm_calls: int = 0
     output: str = ""
-    not_run: bool = False
+    not_run: bool = False  # never run, or stopped by the budget: its score says nothing about the workflow
 
     def to_dict(self) -> dict:
         return {
@@ -70,7 +75,13 @@ class EvaluationResult:
     wall_seconds: float
     budget_exhausted: str | None = None
     executor: str = ""
+    sandbox: dict = field(default_factory=dict)  # the isolation actually applied (Sandbox.isolation)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every sample ran to its end: only then does ``score`` measure the workflow on the split."""
+        return not any(s.not_run for s in self.samples)
 
     def to_dict(self) -> dict:
         run = [s for s in self.samples if not s.not_run]
@@ -80,10 +91,12 @@ class EvaluationResult:
             "workflow": self.workflow,
             "executor": self.executor,
             "score": round(self.score, 6),
+            "complete": self.complete,
             "samples_total": len(self.samples),
             "samples_run": len(run),
             "samples_failed": sum(1 for s in run if s.error and s.score == 0),
             "budget_exhausted": self.budget_exhausted,
+            "sandbox": self.sandbox,
             "samples": [s.to_dict() for s in self.samples],
             "usage": self.usage.to_dict(),
             "wall_seconds": round(self.wall_seconds, 3),
@@ -143,13 +156,18 @@ async def evaluate(
     workflow_label: str = "workflow",
     on_sample: Callable[[SampleOutcome], None] | None = None,
 ) -> EvaluationResult:
-    """Score ``source`` on ``cfg.split`` of ``task``. Raises only for infrastructure failures."""
+    """Score ``source`` on ``cfg.split`` of ``task``. Raises only for infrastructure failures.
+
+    ``score`` is the mean over the samples that ran to their end; samples that the budget kept
+    from running, or stopped while they ran, are marked ``not_run`` and make the result incomplete.
+    """
     cfg = cfg or EvaluationConfig()
-    sandbox = sandbox or SandboxConfig(timeout_s=cfg.timeout_s)
+    sandbox = sandbox or SandboxConfig()
     chosen = samples if samples is not None else select(task.load(cfg.split, data_dir), cfg.limit, cfg.seed)
     budget = gateway.start_budget(Budget(cfg.budget_calls, cfg.budget_tokens, cfg.budget_usd))
     started = time.perf_counter()
     outcomes: list[SampleOutcome | None] = [None] * len(chosen)
+    isolation: dict = {}
     scorer = None
     if task.family == "code":
         scorer = CodeScorer(sandbox)  # created here: its sandbox follows this thread's lifetime
@@ -158,6 +176,7 @@ async def evaluate(
         sandbox = replace(sandbox, warm_jobs=min(cfg.concurrency, len(chosen)))
     try:
         async with WorkflowSandbox(source, _TaskHost(gateway, task, chosen), sandbox) as box:
+            isolation = box.isolation
 
             async def one(index: int) -> None:
                 if budget.exhausted:
@@ -165,7 +184,7 @@ async def evaluate(
                         chosen[index].id, 0.0, None, f"not run: {budget.exhausted}", not_run=True
                     )
                     return
-                result = await box.run(chosen[index].task, index=index, timeout_s=cfg.timeout_s)
+                result = await box.run(chosen[index].task, index=index)
                 outcomes[index] = await _score(task, chosen[index], result)
                 if on_sample is not None:
                     on_sample(outcomes[index])
@@ -175,7 +194,8 @@ async def evaluate(
         if scorer is not None:
             scorer.close()
     final = [o for o in outcomes if o is not None]
-    score = sum(o.score for o in final) / len(final) if final else 0.0
+    ran = [o for o in final if not o.not_run]
+    score = sum(o.score for o in ran) / len(ran) if ran else 0.0
     return EvaluationResult(
         task=task.name,
         split=cfg.split,
@@ -184,8 +204,11 @@ async def evaluate(
         samples=final,
         usage=budget.usage,
         wall_seconds=time.perf_counter() - started,
-        budget_exhausted=budget.exhausted if any(o.not_run for o in final) else None,
+        budget_exhausted=(budget.exhausted or "the budget is spent")
+        if any(o.not_run for o in final)
+        else None,
         executor=gateway.model,
+        sandbox=isolation,
     )
 
 
@@ -199,16 +222,34 @@ async def _score(task: Task, sample: Sample, result: SampleResult) -> SampleOutc
         llm_calls=result.llm_calls,
         output=result.output,
     )
+    if result.stopped is not None:
+        outcome.not_run = True
+        outcome.error = f"not run: stopped while it ran, {result.stopped}"
+        return outcome
     if result.error is not None:
         outcome.error = f"{result.error['type']}: {result.error.get('message') or ''}".rstrip(": ")
         outcome.error_line = result.error.get("line")
         return outcome
-    scored = (
-        await asyncio.to_thread(task.score, sample, result.answer)
-        if task.family == "code"
-        else task.score(sample, result.answer)
-    )
+    if task.family == "code" or result.answer_bytes >= _SCORE_INLINE_BYTES:
+        scored = await asyncio.to_thread(score_answer, task, sample, result.answer)
+    else:
+        scored = score_answer(task, sample, result.answer)
     outcome.score = scored.value
     if scored.value == 0 and scored.error:
         outcome.error = scored.error
     return outcome
+
+
+def score_answer(task: Task, sample: Sample, answer: Any) -> Score:
+    """``task.score``, and whatever an answer does to a scorer, a score: 0 when it cannot be scored."""
+    try:
+        scored = task.score(sample, answer)
+    except InfrastructureError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one answer never ends a run; the kind is logged, not the value
+        log.warning("scoring a %s answer of %s raised %s: scored 0", task.name, sample.id, type(exc).__name__)
+        return Score(0.0, f"the answer could not be scored ({type(exc).__name__})")
+    if not (0.0 <= scored.value <= 1.0):  # NaN fails this too
+        log.warning("the %s scorer gave %r for %s: scored 0", task.name, scored.value, sample.id)
+        return Score(0.0, "the answer could not be scored")
+    return scored

@@ -125,7 +125,7 @@ def test_optimize_with_the_local_model_as_meta_agent_and_executor(model_cache, t
             "2",
             "--test-limit",
             "2",
-            "--timeout-s",
+            "--sandbox-timeout-s",
             "300",
             "--data-dir",
             str(data_dir),
