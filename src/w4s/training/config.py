@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w4s.config import option, positive
-
-
-def _non_negative(value) -> bool:
-    return value >= 0
+from w4s.config import non_negative, option, positive
 
 
 @dataclass
@@ -37,7 +33,7 @@ class TrainConfig:
     batch_size: int = option(4, "examples per device per step", positive)
     grad_accum: int = option(1, "gradient accumulation steps", positive)
     warmup_ratio: float = option(
-        0.03, "fraction of steps for learning-rate warm-up", _non_negative, "must be 0 or more"
+        0.03, "fraction of steps for learning-rate warm-up", non_negative
     )
     bf16: str = option(
         "auto",
