@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ from w4s.errors import ConfigError
 from w4s.tasks import resolve_data_dir
 
 SPLITS = ("validation", "test")
+MAX_ANSWER_DEPTH = 64
+MAX_ANSWER_ITEMS = 100_000
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,22 @@ class Score:
 
 
 class Task(ABC):
-    """A benchmark: ``name``, ``family`` (math, reading or code), a description for the meta-agent."""
+    """A benchmark: ``name``, ``family`` (math, reading or code), a description for the meta-agent.
+
+    Every subclass's ``score`` is wrapped (see ``__init_subclass__``) so that it only ever receives
+    the answer as bounded JSON data (:func:`plain_answer`); any other value scores 0 with the reason,
+    without reaching the task's own scoring code.
+    """
 
     name: str
     family: str
     description: str
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("score")
+        if callable(own) and not getattr(own, "__isabstractmethod__", False):
+            cls.score = _scores_plain_answers(own)
 
     def load(self, split: str, data_dir: str | Path | None = None) -> list[Sample]:
         if split not in SPLITS:
@@ -53,6 +68,94 @@ class Task(ABC):
     def public_tests(self, sample: Sample) -> list[str]:
         """Visible tests a workflow may run (``assert candidate(...) == ...``); code tasks only."""
         raise LookupError(f"{self.name} has no public tests")
+
+
+# --- answers: whatever a workflow returns becomes bounded JSON data, or a reason it scores 0 ----------
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def plain_answer(answer: Any) -> tuple[Any, str | None]:
+    """``(value, None)`` with ``answer`` as exact JSON-like builtins (None, bool, int, float, str,
+    list, dict with str keys; tuples become lists), or ``(None, reason)`` when it is anything else:
+    sets, bytes, complex numbers, other objects, non-string keys, text with lone surrogates, nesting
+    deeper than ``MAX_ANSWER_DEPTH`` or more than ``MAX_ANSWER_ITEMS`` items. Subclasses of builtins
+    are read through the base type's own methods, so overridden ``__eq__``, ``__str__``,
+    ``__iter__``... never run. Linear in the size of the answer; never raises."""
+    try:
+        return _plain(answer, 0, [MAX_ANSWER_ITEMS]), None
+    except _NotPlain as exc:
+        return None, (
+            f"the answer holds {exc}; return a number, a string, a list or an object with string keys"
+        )
+    except (RecursionError, MemoryError):
+        return None, "the answer is too large or too deep to score"
+
+
+def _plain(value: Any, depth: int, budget: list[int]) -> Any:
+    kind = type(value)
+    if value is None or kind is bool:
+        return value
+    if issubclass(kind, str):
+        return _text(value if kind is str else str.__str__(value))
+    if issubclass(kind, int):  # bool is final, so this is int or a subclass of it
+        return value if kind is int else int.__int__(value)
+    if issubclass(kind, float):
+        return value if kind is float else float.__float__(value)
+    if issubclass(kind, list | tuple | dict):
+        if depth >= MAX_ANSWER_DEPTH:
+            raise _NotPlain(f"containers nested deeper than {MAX_ANSWER_DEPTH} levels")
+        if issubclass(kind, dict):
+            budget[0] -= dict.__len__(value)
+            _check_budget(budget)
+            plain = {}
+            for key, item in dict.items(value):
+                if not issubclass(type(key), str):
+                    raise _NotPlain("an object key that is not a string")
+                plain[_text(str.__str__(key))] = _plain(item, depth + 1, budget)
+            return plain
+        items = list.copy(value) if issubclass(kind, list) else list(tuple.__iter__(value))
+        budget[0] -= len(items)
+        _check_budget(budget)
+        return [_plain(item, depth + 1, budget) for item in items]
+    names = [name for base, name in _KIND_NAMES if issubclass(kind, base)]
+    raise _NotPlain(names[0] if names else "a value that is not JSON data")
+
+
+_KIND_NAMES = (
+    (set | frozenset, "a set"),
+    (bytes | bytearray | memoryview, "bytes"),
+    (complex, "a complex number"),
+)
+
+
+def _check_budget(budget: list[int]) -> None:
+    if budget[0] < 0:
+        raise _NotPlain(f"more than {MAX_ANSWER_ITEMS} items")
+
+
+def _text(text: str) -> str:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _NotPlain("text that is not valid Unicode (a lone surrogate)") from None
+    return text
+
+
+def _scores_plain_answers(
+    score: Callable[[Task, Sample, Any], Score],
+) -> Callable[[Task, Sample, Any], Score]:
+    @functools.wraps(score)
+    def checked(self: Task, sample: Sample, answer: Any) -> Score:
+        plain, problem = plain_answer(answer)
+        if problem is not None:
+            return Score(0.0, problem)
+        return score(self, sample, plain)
+
+    return checked
 
 
 def require(path: Path) -> Path:

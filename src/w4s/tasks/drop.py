@@ -5,6 +5,10 @@ answers are normalised (lower case, no punctuation or articles, numbers as float
 bags of tokens per span, spans are aligned one-to-one to maximise F1, and a span whose gold side
 holds numbers scores only if a number matches. A reference may list alternatives separated by
 ``|``; the best one counts.
+
+An answer is a string, a number, or a list of them (one per span); anything else, or an answer over
+``MAX_ANSWER_CHARS`` characters (a DROP answer is a short span), scores 0. Scoring is linear in the
+answer's size: alignment is exhaustive only for a few spans, greedy beyond.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import string
 from pathlib import Path
 from typing import Any
 
-from w4s.tasks.base import Sample, Score, Task, protocol_split, require
+from w4s.tasks.base import Sample, Score, Task, plain_answer, protocol_split, require
 
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+MAX_ANSWER_CHARS = 100_000  # characters over all spans, plus one per span
 
 
 def _is_number(text: str) -> bool:
@@ -42,14 +47,41 @@ def _normalise_token(token: str) -> str:
 
 
 def normalise(text: str) -> str:
-    parts = [_normalise_token(token) for token in re.split(" |-", text)]
-    return " ".join(part for part in parts if part.strip()).strip()
+    done: dict[str, str] = {}  # a repeated token is normalised once
+    parts = []
+    for token in re.split(" |-", text):
+        part = done.get(token)
+        if part is None:
+            part = done[token] = _normalise_token(token)
+        if part.strip():
+            parts.append(part)
+    return " ".join(parts).strip()
 
 
 def _bags(answer: str | list | tuple) -> tuple[list[str], list[set[str]]]:
     spans = list(answer) if isinstance(answer, list | tuple) else [answer]
     normalised = [normalise(str(span)) for span in spans]
     return normalised, [set(span.split()) for span in normalised]
+
+
+def answer_spans(answer: Any) -> tuple[list[str] | None, str | None]:
+    """(the spans of an answer as text, None), or (None, why it is not a DROP answer)."""
+    value, problem = plain_answer(answer)
+    if problem is not None:
+        return None, problem
+    if value is None:
+        return None, "no answer"
+    spans = []
+    for item in value if type(value) is list else [value]:
+        if type(item) is str:
+            spans.append(item)
+        elif type(item) is float or (type(item) is int and item.bit_length() < 10_000):
+            spans.append(str(item))
+        else:
+            return None, "a DROP answer is a string, a number, or a list of them (one per span)"
+    if sum(len(span) + 1 for span in spans) > MAX_ANSWER_CHARS:
+        return None, f"the answer is over {MAX_ANSWER_CHARS} characters; a DROP answer is a short span"
+    return spans, None
 
 
 def _f1(predicted: set[str], gold: set[str]) -> float:
@@ -61,16 +93,23 @@ def _f1(predicted: set[str], gold: set[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _numbers_agree(gold: set[str], predicted: set[str]) -> bool:
+def _numbers_agree(gold: set[str], predicted_numbers: set[str]) -> bool:
     gold_numbers = {word for word in gold if _is_number(word)}
-    return not gold_numbers or bool(gold_numbers & {word for word in predicted if _is_number(word)})
+    return not gold_numbers or bool(gold_numbers & predicted_numbers)
 
 
 def _align(predicted: list[set[str]], gold: list[set[str]]) -> list[float]:
     """Best one-to-one assignment of predicted spans to gold spans, as the official script's
     ``linear_sum_assignment``; the result has one entry per span of the longer side (exhaustive
     search: answers have few spans; beyond 7 a greedy match per gold span is used)."""
-    scores = [[_f1(p, g) if _numbers_agree(g, p) else 0.0 for p in predicted] for g in gold]
+    predicted_numbers = [{word for word in p if _is_number(word)} for p in predicted]
+    scores = [
+        [
+            _f1(p, g) if _numbers_agree(g, numbers) else 0.0
+            for p, numbers in zip(predicted, predicted_numbers, strict=True)
+        ]
+        for g in gold
+    ]
     size = max(len(gold), len(predicted))
     if len(predicted) > 7 or len(gold) > 7:
         per_gold = [max(row, default=0.0) for row in scores]
@@ -108,10 +147,16 @@ def drop_metrics(predicted: str | list, gold: str | list) -> tuple[float, float]
 
 
 def drop_f1(answer: Any, references: str) -> float:
-    if answer is None:
-        return 0.0
-    predicted = answer if isinstance(answer, list | tuple) else str(answer)
-    return max(drop_metrics(predicted, reference)[1] for reference in references.split("|"))
+    """The best F1 of ``answer`` over the ``|``-separated references; 0 for anything that is not a
+    DROP answer. Never raises."""
+    return _drop_score(answer, references).value
+
+
+def _drop_score(answer: Any, references: str) -> Score:
+    spans, problem = answer_spans(answer)
+    if spans is None:
+        return Score(0.0, problem)
+    return Score(max(drop_metrics(spans, reference)[1] for reference in references.split("|")))
 
 
 class DROP(Task):
@@ -135,4 +180,4 @@ class DROP(Task):
         return protocol_split(samples, split)
 
     def score(self, sample: Sample, answer: Any) -> Score:
-        return Score(drop_f1(answer, sample.expected))
+        return _drop_score(answer, sample.expected)

@@ -9,11 +9,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from w4s.tasks.base import Sample, Score, Task, protocol_split, require
+from w4s.tasks.base import Sample, Score, Task, plain_answer, protocol_split, require
 
 MGSM_LANGUAGES = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
 _FRACTION = re.compile(r"^\s*(-?\d+)\s*/\s*(\d+)\s*$")
+MAX_ANSWER_CHARS = 100_000  # a stated number, or reasoning that ends with one; longer scores 0
+_NO_NUMBER = "no number in the answer"
+_NOT_FINITE = "the answer is not a finite number"
 
 
 def _strip_latex(text: str) -> str:
@@ -32,15 +35,35 @@ def _strip_latex(text: str) -> str:
 
 def parse_number(answer: Any) -> float | None:
     """The number an answer states: plain numbers, '$1,234.00', '18 dollars', '\\boxed{3/4}',
-    '#### 42', 'The answer is 7.'; the last number in free text."""
-    if type(answer) is bool or answer is None:
-        return None
-    if isinstance(answer, int | float):
-        return float(answer) if math.isfinite(answer) else None
-    if isinstance(answer, list | tuple) and len(answer) == 1:
-        return parse_number(answer[0])
-    if not isinstance(answer, str):
-        return None
+    '#### 42', 'The answer is 7.'; the last number in free text. None when it states no finite
+    number (or is not an answer at all); never raises."""
+    return _stated_number(answer)[0]
+
+
+def _stated_number(answer: Any) -> tuple[float | None, str | None]:
+    """(the number, None), or (None, why there is none)."""
+    value, problem = plain_answer(answer)
+    if problem is not None:
+        return None, problem
+    while type(value) is list and len(value) == 1:  # depth bounded by plain_answer
+        value = value[0]
+    if type(value) is int:
+        try:
+            return _finite(float(value))
+        except OverflowError:
+            return None, _NOT_FINITE
+    if type(value) is float:
+        return _finite(value)
+    if type(value) is not str:
+        return None, _NO_NUMBER
+    if len(value) > MAX_ANSWER_CHARS:
+        return None, f"the answer is over {MAX_ANSWER_CHARS} characters; return the number"
+    return _number_in_text(value)
+
+
+def _number_in_text(answer: str) -> tuple[float | None, str | None]:
+    # Linear time in the answer's length: string operations, and regular expressions without nested
+    # quantifiers (findall resumes after each match; _FRACTION is anchored at the start).
     text = _strip_latex(answer).replace("\\frac{", "").replace("}{", "/").replace("\\!", "")
     text = text.replace("{", "").replace("}", "")
     for marker in ("####", "answer is", "Answer:", "answer:"):
@@ -50,21 +73,30 @@ def parse_number(answer: Any) -> float | None:
     text = text.replace("$", "").replace("€", "").replace("£", "").replace("%", "")
     fraction = _FRACTION.match(text.strip().rstrip("."))
     if fraction:
-        return int(fraction.group(1)) / int(fraction.group(2))
+        try:
+            numerator, denominator = float(fraction.group(1)), float(fraction.group(2))
+        except ValueError:
+            return None, _NO_NUMBER
+        if denominator == 0:
+            return None, "the answer divides by zero"
+        return _finite(numerator / denominator)
     numbers = _NUMBER.findall(text)
     if not numbers:
-        return None
-    token = numbers[-1].replace(",", "")
+        return None, _NO_NUMBER
     try:
-        return float(token)
+        return _finite(float(numbers[-1].replace(",", "")))
     except ValueError:
-        return None
+        return None, _NO_NUMBER
+
+
+def _finite(value: float) -> tuple[float | None, str | None]:
+    return (value, None) if math.isfinite(value) else (None, _NOT_FINITE)
 
 
 def numbers_match(answer: Any, expected: float) -> Score:
-    value = parse_number(answer)
+    value, problem = _stated_number(answer)
     if value is None:
-        return Score(0.0, "no number in the answer")
+        return Score(0.0, problem)
     ok = math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-4)  # float noise only, never rounding
     return Score(1.0 if ok else 0.0)
 
