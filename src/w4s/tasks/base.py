@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import gzip
+import json
+import math
 import random
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +20,9 @@ from w4s.tasks import resolve_data_dir
 SPLITS = ("validation", "test")
 MAX_ANSWER_DEPTH = 64
 MAX_ANSWER_ITEMS = 100_000
+_FETCH_AGAIN = (
+    "the file is truncated or corrupt: fetch it again with `w4s data pull` or point --data-dir at a good copy"
+)
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,9 @@ def _scores_plain_answers(
     return checked
 
 
+# --- data files: one reader per format; a damaged file is a one-line ConfigError with the line ------
+
+
 def require(path: Path) -> Path:
     if not path.is_file():
         raise ConfigError(
@@ -165,6 +175,128 @@ def require(path: Path) -> Path:
             "or fetch it with `w4s data pull`"
         )
     return path
+
+
+def corrupt(path: Path, problem: str, at: str | None = None) -> ConfigError:
+    """The error for a damaged benchmark file: names it (and where in it: ``line 17``, ``entry 3``)
+    and says what to do."""
+    where = f"{path} {at}" if at else str(path)
+    return ConfigError(f"{where} {problem}; {_FETCH_AGAIN}")
+
+
+def read_data(path: Path) -> bytes:
+    try:
+        return require(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc.strerror or exc}); fix its permissions "
+            "or point --data-dir at a readable copy"
+        ) from None
+
+
+def read_text(path: Path, data: bytes | None = None) -> str:
+    """The UTF-8 text of a benchmark file (``data``: its bytes, when already read and unpacked)."""
+    raw = read_data(path) if data is None else data
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise corrupt(path, "is not valid UTF-8", f"line {line}") from None
+    if not text or text.isspace():
+        raise corrupt(path, "is empty")
+    return text
+
+
+def read_gzip_text(path: Path) -> str:
+    raw = read_data(path)
+    try:
+        data = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise corrupt(path, f"is not a complete gzip file ({exc})") from None
+    return read_text(path, data)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise corrupt(path, f"is not valid JSON ({exc.msg})", f"line {exc.lineno}") from None
+    except RecursionError:
+        raise corrupt(path, "is not valid JSON (it nests too deeply)") from None
+
+
+Fields = dict[str, type | tuple[type, ...]]
+
+
+def read_jsonl(
+    path: Path, fields: Fields, optional: Fields | None = None, text: str | None = None
+) -> list[tuple[int, dict]]:
+    """``(line number, row)`` for each non-blank line of a JSON-lines benchmark file (``text``: its
+    content, when already read); every row must be an object with ``fields`` (name: type) and, where
+    present, ``optional`` fields of their types."""
+    rows = []
+    for number, line in enumerate((read_text(path) if text is None else text).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            raise corrupt(path, "is not valid JSON", f"line {number}") from None
+        rows.append((number, check_row(row, path, f"line {number}", fields, optional)))
+    if not rows:
+        raise corrupt(path, "holds no rows")
+    return rows
+
+
+def check_row(row: Any, path: Path, at: str, fields: Fields, optional: Fields | None = None) -> dict:
+    """``row`` if it is an object with the required ``fields`` and the types that both name."""
+    if not isinstance(row, dict):
+        raise corrupt(path, f"holds {_json_kind(row)} where an object belongs", at)
+    for name in fields:
+        if name not in row:
+            raise corrupt(path, f"lacks the field {name!r}", at)
+    for name, kinds in {**fields, **(optional or {})}.items():
+        value = row.get(name)
+        if name in row and (type(value) is bool or not isinstance(value, kinds)):
+            wanted = " or ".join(_JSON_NAMES[k] for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+            raise corrupt(path, f"has {_json_kind(value)} in {name!r} where {wanted} belongs", at)
+    return row
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object"}
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    for kind, name in _JSON_NAMES.items():
+        if isinstance(value, kind):
+            return name
+    return "a value"
+
+
+def data_number(value: Any, path: Path, at: str | None, what: str) -> float:
+    """A finite number from a data file: a JSON number, or a string holding one (commas allowed)."""
+    number = math.nan
+    if type(value) is not bool and isinstance(value, int | float):
+        number = float(value) if abs(value) < 1e300 else math.inf
+    elif isinstance(value, str):
+        try:
+            number = float(value.replace(",", "").strip())
+        except ValueError:
+            pass
+    if not math.isfinite(number):
+        shown = (
+            repr(value[:40]) + ("..." if len(value) > 40 else "")
+            if isinstance(value, str)
+            else repr(value)
+            if isinstance(value, float)
+            else _json_kind(value)
+        )
+        raise corrupt(path, f"has {what} {shown}, which is not a finite number", at)
+    return number
 
 
 def protocol_split(items: list, split: str, validation: int = 128, test: int = 800, seed: int = 0) -> list:

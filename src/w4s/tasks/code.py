@@ -10,14 +10,12 @@ HumanEval, from the examples in the prompt's docstring, never from the hidden te
 from __future__ import annotations
 
 import ast
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from w4s.errors import ConfigError
 from w4s.sandbox.code_scoring import CodeProblem, CodeScorer
-from w4s.tasks.base import Sample, Score, Task, require
+from w4s.tasks.base import Fields, Sample, Score, Task, corrupt, read_jsonl
 
 SPLIT_FILES = {"validation": "validate.jsonl", "test": "test.jsonl"}
 _CODE_DESCRIPTION = (
@@ -28,9 +26,25 @@ _CODE_DESCRIPTION = (
 )
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with require(path).open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+_HUMANEVAL_FIELDS = {
+    "task_id": str,
+    "prompt": str,
+    "canonical_solution": str,
+    "entry_point": str,
+    "test": str,
+}
+_MBPP_FIELDS = {"task_id": (int, str), "prompt": str, "code": str, "entry_point": str, "test": str}
+
+
+def _read_jsonl(path: Path, fields: Fields, optional: Fields | None = None) -> list[tuple[int, dict]]:
+    """(line, row) of a code benchmark file; a damaged file is a one-line ConfigError naming the line."""
+    rows = read_jsonl(path, fields, optional)
+    for line, row in rows:
+        if not row["entry_point"].isidentifier():
+            raise corrupt(
+                path, f"has entry_point {row['entry_point'][:40]!r}, not a Python name", f"line {line}"
+            )
+    return rows
 
 
 def _code_text(answer: Any) -> str | None:
@@ -96,7 +110,7 @@ class HumanEval(_CodeTask):
     )
 
     def _load(self, split: str, data_dir: Path) -> list[Sample]:
-        rows = _read_jsonl(data_dir / "humaneval" / SPLIT_FILES[split])
+        rows = _read_jsonl(data_dir / "humaneval" / SPLIT_FILES[split], _HUMANEVAL_FIELDS)
         return [
             Sample(
                 row["task_id"],
@@ -109,7 +123,7 @@ class HumanEval(_CodeTask):
                     "prompt": row["prompt"],
                 },
             )
-            for row in rows
+            for _, row in rows
         ]
 
     def program(self, sample: Sample, code: str) -> str:
@@ -130,17 +144,39 @@ class MBPP(_CodeTask):
     )
 
     def _load(self, split: str, data_dir: Path) -> list[Sample]:
-        rows = _read_jsonl(data_dir / "mbpp" / SPLIT_FILES[split])
+        folder = data_dir / "mbpp"
+        optional: Fields = {"test_imports": list}
+        loaded = {
+            name: _read_jsonl(folder / name, _MBPP_FIELDS, optional)
+            for name in ("test.jsonl", "validate.jsonl")
+        }
+        for name, named_rows in loaded.items():
+            for line, row in named_rows:
+                if not all(isinstance(item, str) for item in row.get("test_imports") or []):
+                    raise corrupt(
+                        folder / name, "has a test_imports entry that is not a string", f"line {line}"
+                    )
+        rows = loaded[SPLIT_FILES[split]]
         # public_test.jsonl is line-aligned with test.jsonl followed by validate.jsonl.
-        test_rows = _read_jsonl(data_dir / "mbpp" / "test.jsonl")
-        validate_rows = _read_jsonl(data_dir / "mbpp" / "validate.jsonl")
-        aligned = test_rows + validate_rows
-        public_rows = _read_jsonl(data_dir / "mbpp" / "public_test.jsonl")
-        if len(public_rows) != len(aligned) or any(
-            p["entry_point"] != r["entry_point"] for p, r in zip(public_rows, aligned, strict=True)
-        ):
-            raise ConfigError("mbpp/public_test.jsonl does not line up with test.jsonl + validate.jsonl")
-        public = {r["task_id"]: p["test"] for p, r in zip(public_rows, aligned, strict=True)}
+        aligned = [row for _, row in loaded["test.jsonl"] + loaded["validate.jsonl"]]
+        public_path = folder / "public_test.jsonl"
+        public_rows = _read_jsonl(public_path, {"entry_point": str, "test": list})
+        if len(public_rows) != len(aligned):
+            raise corrupt(
+                public_path,
+                f"has {len(public_rows)} rows, not one per row of test.jsonl + validate.jsonl ({len(aligned)})",
+            )
+        for (line, p), r in zip(public_rows, aligned, strict=True):
+            if p["entry_point"] != r["entry_point"]:
+                raise corrupt(
+                    public_path,
+                    f"is for {p['entry_point']!r}, but that row of test.jsonl + validate.jsonl is for "
+                    f"{r['entry_point']!r}: the files do not line up",
+                    f"line {line}",
+                )
+            if not all(isinstance(test, str) for test in p["test"]):
+                raise corrupt(public_path, "has a test that is not a string", f"line {line}")
+        public = {r["task_id"]: p["test"] for (_, p), r in zip(public_rows, aligned, strict=True)}
         return [
             Sample(
                 f"mbpp/{row['task_id']}",
@@ -154,7 +190,7 @@ class MBPP(_CodeTask):
                     "public": list(public[row["task_id"]]),
                 },
             )
-            for row in rows
+            for _, row in rows
         ]
 
     def program(self, sample: Sample, code: str) -> str:

@@ -13,15 +13,13 @@ answer's size: alignment is exhaustive only for a few spans, greedy beyond.
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 import re
 import string
 from pathlib import Path
 from typing import Any
 
-from w4s.tasks.base import Sample, Score, Task, plain_answer, protocol_split, require
+from w4s.tasks.base import Sample, Score, Task, plain_answer, protocol_split, read_gzip_text, read_jsonl
 
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
@@ -170,12 +168,11 @@ class DROP(Task):
     )
 
     def _load(self, split: str, data_dir: Path) -> list[Sample]:
-        path = require(data_dir / "drop" / "drop_v0_dev.jsonl.gz")
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
+        path = data_dir / "drop" / "drop_v0_dev.jsonl.gz"
+        rows = read_jsonl(path, {"context": str, "ref_text": str}, text=read_gzip_text(path))
         samples = [
             Sample(f"drop/{i}", row["context"].removesuffix("Answer:").rstrip(), row["ref_text"])
-            for i, row in enumerate(rows)
+            for i, (_, row) in enumerate(rows)
         ]
         return protocol_split(samples, split)
 

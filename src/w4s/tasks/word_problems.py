@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 import re
 from pathlib import Path
 from typing import Any
 
-from w4s.tasks.base import Sample, Score, Task, plain_answer, protocol_split, require
+from w4s.tasks.base import (
+    Sample,
+    Score,
+    Task,
+    check_row,
+    corrupt,
+    data_number,
+    plain_answer,
+    protocol_split,
+    read_json,
+    read_jsonl,
+    read_text,
+)
 
 MGSM_LANGUAGES = ("bn", "de", "en", "es", "fr", "ja", "ru", "sw", "te", "th", "zh")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][-+]?\d+)?|-?\.\d+")
@@ -125,16 +137,16 @@ class GSM8K(_MathTask):
     description = _MATH_DESCRIPTION.format(what="Grade-school math word problems (GSM8K), 2 to 8 steps each.")
 
     def _all(self, data_dir: Path) -> list[Sample]:
-        path = require(data_dir / "gsm8k" / "test.jsonl")
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [
-            Sample(
-                f"gsm8k/{i}",
-                row["question"],
-                float(row["answer"].rsplit("####", 1)[1].replace(",", "").strip()),
+        path = data_dir / "gsm8k" / "test.jsonl"
+        samples = []
+        for i, (line, row) in enumerate(read_jsonl(path, {"question": str, "answer": str})):
+            if "####" not in row["answer"]:
+                raise corrupt(path, "has an answer without its final '#### <number>'", f"line {line}")
+            expected = data_number(
+                row["answer"].rsplit("####", 1)[1].strip(), path, f"line {line}", "final answer"
             )
-            for i, row in enumerate(rows)
-        ]
+            samples.append(Sample(f"gsm8k/{i}", row["question"], expected))
+        return samples
 
 
 class GSMHard(_MathTask):
@@ -144,9 +156,12 @@ class GSMHard(_MathTask):
     )
 
     def _all(self, data_dir: Path) -> list[Sample]:
-        path = require(data_dir / "gsm_hard" / "gsmhardv2.jsonl")
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [Sample(f"gsm_hard/{i}", row["input"], float(row["target"])) for i, row in enumerate(rows)]
+        path = data_dir / "gsm_hard" / "gsmhardv2.jsonl"
+        rows = read_jsonl(path, {"input": str, "target": (int, float, str)})
+        return [
+            Sample(f"gsm_hard/{i}", row["input"], data_number(row["target"], path, f"line {line}", "target"))
+            for i, (line, row) in enumerate(rows)
+        ]
 
 
 class MGSM(_MathTask):
@@ -158,12 +173,19 @@ class MGSM(_MathTask):
     def _all(self, data_dir: Path) -> list[Sample]:
         samples = []
         for lang in MGSM_LANGUAGES:
-            path = require(data_dir / "mgsm" / f"mgsm_{lang}.tsv")
-            with path.open(encoding="utf-8", newline="") as handle:
-                for i, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)):
-                    samples.append(
-                        Sample(f"mgsm/{lang}/{i}", row[0], float(row[1].replace(",", "")), {"lang": lang})
-                    )
+            path = data_dir / "mgsm" / f"mgsm_{lang}.tsv"
+            reader = csv.reader(
+                io.StringIO(read_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE
+            )
+            try:
+                rows = [(reader.line_num, row) for row in reader if row]
+            except csv.Error as exc:
+                raise corrupt(path, f"is not valid TSV ({exc})", f"line {reader.line_num}") from None
+            for i, (line, row) in enumerate(rows):
+                if len(row) < 2:
+                    raise corrupt(path, "has no answer column (question TAB answer)", f"line {line}")
+                expected = data_number(row[1], path, f"line {line}", "answer")
+                samples.append(Sample(f"mgsm/{lang}/{i}", row[0], expected, {"lang": lang}))
         return samples
 
 
@@ -174,10 +196,20 @@ class SVAMP(_MathTask):
     )
 
     def _all(self, data_dir: Path) -> list[Sample]:
-        rows = json.loads(require(data_dir / "svamp" / "SVAMP.json").read_text(encoding="utf-8"))
-        return [
-            Sample(
-                f"svamp/{row['ID']}", f"{row['Body'].strip()} {row['Question'].strip()}", float(row["Answer"])
+        path = data_dir / "svamp" / "SVAMP.json"
+        rows = read_json(path)
+        if not isinstance(rows, list) or not rows:
+            raise corrupt(path, "does not hold a JSON list of problems")
+        fields = {"ID": (str, int), "Body": str, "Question": str, "Answer": (int, float, str)}
+        samples = []
+        for i, row in enumerate(rows):
+            at = f"entry {i + 1}"
+            check_row(row, path, at, fields)
+            samples.append(
+                Sample(
+                    f"svamp/{row['ID']}",
+                    f"{row['Body'].strip()} {row['Question'].strip()}",
+                    data_number(row["Answer"], path, at, "Answer"),
+                )
             )
-            for row in rows
-        ]
+        return samples
