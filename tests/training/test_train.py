@@ -161,3 +161,64 @@ def test_cli_trains_and_resumes_from_a_checkpoint(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")  # merged: plain transformers
     assert model.config.num_hidden_layers == 2
+
+
+GOOD = json.dumps(record(0, 1.0))
+BAD_RECORDS = [
+    (json.dumps(record(1, None)), "has reward null, not a finite number in [-10, 10]"),
+    (json.dumps(record(1, 1e6)), "has reward 1000000.0, not a finite number"),
+    (json.dumps(record(1, -11)), "has reward -11, not a finite number"),
+    (json.dumps(record(1, True)), "has reward true, not a finite number"),
+    (GOOD.replace('"reward": 1.0', '"reward": NaN'), "has reward NaN, not a finite number"),
+    (GOOD.replace('"reward": 1.0', '"reward": Infinity'), "has reward Infinity, not a finite number"),
+    (json.dumps("a string"), 'holds "a string", not a trajectory record (a JSON object)'),
+    (json.dumps([1, 2]), "holds [1, 2], not a trajectory record"),
+    (json.dumps({**record(1, 0.0), "prompt_messages": "hello"}), 'has prompt_messages "hello", not a list'),
+    (json.dumps({**record(1, 0.0), "prompt_messages": []}), "has prompt_messages [], not a list"),
+    (json.dumps({**record(1, 0.0), "prompt_messages": [1]}), "has prompt_messages[0] 1, not a message"),
+    (
+        json.dumps({**record(1, 0.0), "prompt_messages": [*PROMPT, {"role": "user"}]}),
+        'has prompt_messages[2] {"role": "user"}, not a message with string role and content',
+    ),
+    (json.dumps({**record(1, 0.0), "reply": 5}), "has reply 5, not a string"),
+    (json.dumps({**record(1, 0.0), "turn": "1"}), 'has turn "1", not an integer'),
+    (json.dumps({k: v for k, v in record(1, 0.0).items() if k != "reward"}), "lacks 'reward'"),
+]
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_RECORDS, ids=[m[:30] for _, m in BAD_RECORDS])
+def test_a_bad_record_is_refused_with_its_file_and_line(tmp_path, line, message):
+    path = tmp_path / "t.jsonl"
+    path.write_text(f"{GOOD}\n\n{line}\n{json.dumps(record(2, 0.0))}\n")
+    with pytest.raises(ConfigError) as caught:
+        read_records([path])
+    text = str(caught.value)
+    assert text.startswith(f"{path}:3 {message}") and "fix or remove that record" in text and "\n" not in text
+
+
+def test_records_that_are_not_utf8(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(GOOD.encode() + b"\n" + GOOD.replace("good", "g\xffd").encode("latin-1") + b"\n")
+    with pytest.raises(ConfigError, match=r"t\.jsonl:2 is not UTF-8 text; is this a w4s trajectories file"):
+        read_records([path])
+
+
+def test_build_examples_checks_records_it_is_given():
+    with pytest.raises(ConfigError, match=r"trajectory record 2 has reward 1000000.0, not a finite number"):
+        build_examples([record(0, 1.0), record(1, 1e6)], TrainConfig())
+    with pytest.raises(ConfigError, match=r"trajectory record 1 has reward null"):
+        build_examples([record(0, None), record(1, 1.0)], TrainConfig())
+    with pytest.raises(
+        ConfigError, match=r"temperature=0.001 is too small for reward 1: exp\(reward / T\) overflows"
+    ):
+        build_examples([record(0, 1.0), record(1, 0.0)], TrainConfig(temperature=0.001))
+    assert len(build_examples([record(0, 10), record(1, -10)], TrainConfig())) == 2  # the limits themselves
+
+
+def test_cli_bad_record_is_one_line(tmp_path):
+    bad = tmp_path / "t.jsonl"
+    bad.write_text(f"{GOOD}\n{json.dumps(record(1, None))}\n")
+    done = w4s("--trajectories", str(bad), "--base-model", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"w4s: error: {bad}:2 has reward null"), done.stderr

@@ -28,35 +28,106 @@ class Example:
     source: str
 
 
+REWARD_LIMIT = 10.0  # w4s optimize writes rewards in [-1.1, 1]; beyond this a record is not one of ours
+_FIELDS = ("episode", "turn", "prompt_messages", "reply", "reward")
+_NOT_OURS = "is this a w4s trajectories file?"
+
+
 def read_records(paths: list[str | Path]) -> list[dict]:
+    """The records of trajectory files, each checked; the first bad one is a ConfigError naming its
+    file and line."""
     records = []
     for path in paths:
-        path = Path(path).expanduser()
+        path = Path(path).expanduser().absolute()
         if not path.is_file():
             raise ConfigError(f"trajectory file {path} does not exist")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"trajectory file {path} cannot be read ({type(exc).__name__}: {exc.strerror or exc}); "
+                "check its permissions"
+            ) from None
+        for number, raw in enumerate(data.split(b"\n"), 1):
+            if not raw.strip():
                 continue
+            where = f"{path}:{number}"
             try:
-                records.append(json.loads(line))
-            except ValueError:
-                raise ConfigError(
-                    f"{path}:{number} is not a JSON line; is this a w4s trajectories file?"
-                ) from None
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"{where} is not UTF-8 text; {_NOT_OURS}") from None
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                raise ConfigError(f"{where} is not a JSON line; {_NOT_OURS}") from None
+            check_record(record, where)
+            records.append(record)
     return records
+
+
+def check_record(record: object, where: str) -> None:
+    """Refuse a record ``build_examples`` cannot use, with ``where`` (file:line) and what is wrong."""
+    problem = _record_problem(record)
+    if problem is not None:
+        raise ConfigError(
+            f"{where} {problem}; fix or remove that record (w4s optimize writes the trajectories file)"
+        )
+
+
+def _record_problem(record: object) -> str | None:
+    if not isinstance(record, dict):
+        return f"holds {_shown(record)}, not a trajectory record (a JSON object)"
+    for name in _FIELDS:
+        if name not in record:
+            return f"lacks {name!r}"
+    for name in ("episode", "turn"):
+        if type(record[name]) is not int:
+            return f"has {name} {_shown(record[name])}, not an integer"
+    messages = record["prompt_messages"]
+    if not isinstance(messages, list) or not messages:
+        return f'has prompt_messages {_shown(messages)}, not a list of {{"role", "content"}} messages'
+    for index, message in enumerate(messages):
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
+        ):
+            return (
+                f"has prompt_messages[{index}] {_shown(message)}, not a message with string role and content"
+            )
+    if not isinstance(record["reply"], str):
+        return f"has reply {_shown(record['reply'])}, not a string"
+    reward = record["reward"]
+    # NaN and infinities fail the range test too; ints are compared exactly, never converted.
+    if type(reward) not in (int, float) or not -REWARD_LIMIT <= reward <= REWARD_LIMIT:
+        return (
+            f"has reward {_shown(reward)}, not a finite number in [-{REWARD_LIMIT:g}, {REWARD_LIMIT:g}] "
+            "(w4s optimize writes -1.1 to 1)"
+        )
+    return None
+
+
+def _shown(value: object) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return "a value that is not JSON"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def build_examples(records: list[dict], cfg: TrainConfig) -> list[Example]:
     if not records:
         raise ConfigError("the trajectory files hold no records; run `w4s optimize` first")
-    for field in ("episode", "turn", "prompt_messages", "reply", "reward"):
-        if any(field not in r for r in records):
+    for field in _FIELDS:
+        if any(not isinstance(r, dict) or field not in r for r in records):
             raise ConfigError(
                 f"some trajectory records lack {field!r}; they were not written by w4s optimize"
             )
+    for index, record in enumerate(records, 1):
+        check_record(record, f"trajectory record {index}")
     kept = list(records)
     if cfg.only_success_episodes:
-        good = {r["episode"] for r in kept if (r["reward"] or 0) >= 1.0}
+        good = {r["episode"] for r in kept if r["reward"] >= 1.0}
         kept = [r for r in kept if r["episode"] in good]
     if cfg.drop_failed:
         kept = [r for r in kept if r.get("workflow")]
@@ -71,6 +142,12 @@ def build_examples(records: list[dict], cfg: TrainConfig) -> list[Example]:
         raise ConfigError(
             f"every reward equals {rewards.pop()}: weighting cannot steer anything (RWR would be plain SFT); "
             "collect more turns, or set allow_uniform_weights"
+        )
+    top = max(rewards, key=abs)
+    if abs(top) / cfg.temperature > 700:  # exp() overflows near 709.8
+        raise ConfigError(
+            f"temperature={cfg.temperature:g} is too small for reward {top:g}: exp(reward / T) overflows; "
+            "raise temperature (the paper uses 0.4)"
         )
     return [
         Example(
