@@ -14,6 +14,8 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from w4s.errors import ConfigError
+
 
 def request_key(model: str, messages: list[dict], params: dict) -> str:
     payload = json.dumps(
@@ -24,16 +26,40 @@ def request_key(model: str, messages: list[dict], params: dict) -> str:
 
 class ResponseCache:
     def __init__(self, path: str | Path):
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path).expanduser().absolute()
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT, idx INTEGER, text TEXT, prompt_tokens INTEGER, "
-            "completion_tokens INTEGER, PRIMARY KEY (key, idx))"
-        )
+        instead = "pass --executor-cache-path (or --meta-cache-path) off, or another path"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the folder of the response cache {self.path} ({exc.strerror or exc}); {instead}"
+            ) from None
+        try:
+            self._db = sqlite3.connect(
+                str(self.path), check_same_thread=False, isolation_level=None, timeout=30
+            )
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open the response cache {self.path} ({exc}); {instead}") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT, idx INTEGER, text TEXT, prompt_tokens INTEGER, "
+                "completion_tokens INTEGER, PRIMARY KEY (key, idx))"
+            )
+            self._db.execute("SELECT key, idx, text, prompt_tokens, completion_tokens FROM responses LIMIT 0")
+        except sqlite3.Error as exc:
+            self._db.close()
+            if "locked" in str(exc):
+                raise ConfigError(
+                    f"the response cache {self.path} stayed locked by another process ({exc}); wait for it, "
+                    f"or {instead}"
+                ) from None
+            raise ConfigError(
+                f"the response cache {self.path} is corrupt or not a w4s cache ({exc}); delete it (it only "
+                f"holds cached replies), or {instead}"
+            ) from None
 
     def get(self, key: str, count: int) -> dict[int, str]:
         with self._lock:

@@ -1,0 +1,104 @@
+"""The response cache file: a damaged or foreign file is one clear line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from w4s.errors import ConfigError
+from w4s.llm.cache import ResponseCache
+
+ADVICE = "pass --executor-cache-path (or --meta-cache-path) off, or another path"
+
+
+def test_a_good_cache_keeps_replies(tmp_path):
+    cache = ResponseCache(tmp_path / "deep" / "cache.sqlite")
+    cache.put("k", 0, ["one", "two"], 3, 4)
+    cache.close()
+    reopened = ResponseCache(tmp_path / "deep" / "cache.sqlite")
+    assert reopened.get("k", 2) == {0: "one", 1: "two"}
+    reopened.close()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        os.urandom(4096),
+        b"this is a text file, not a database\n" * 100,
+        b"SQLite format 3\x00" + b"\xff" * 200,
+    ],
+    ids=["random bytes", "text", "damaged header"],
+)
+def test_a_corrupt_cache_file(tmp_path, content):
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        ResponseCache(path)
+    text = str(caught.value)
+    assert "\n" not in text and f"the response cache {path} is corrupt or not a w4s cache" in text
+    assert "delete it" in text and ADVICE in text
+
+
+def test_a_database_of_something_else(tmp_path):
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE responses (id INTEGER, body BLOB)")
+    db.close()
+    with pytest.raises(ConfigError, match=r"is corrupt or not a w4s cache \(no such column: key\)"):
+        ResponseCache(path)
+
+
+def test_a_folder_or_a_file_in_the_way(tmp_path):
+    (tmp_path / "folder.sqlite").mkdir()
+    with pytest.raises(
+        ConfigError, match=rf"cannot open the response cache .*folder\.sqlite \(.*\); {re.escape(ADVICE)}"
+    ):
+        ResponseCache(tmp_path / "folder.sqlite")
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(
+        ConfigError, match=rf"cannot create the folder of the response cache .*; {re.escape(ADVICE)}"
+    ):
+        ResponseCache(tmp_path / "plain" / "cache.sqlite")
+
+
+def test_cli_corrupt_cache_is_one_line(executor_server, data_dir, tmp_path):
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(os.urandom(8192))
+    env = {**os.environ, "OPENAI_API_KEY": "x"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "w4s.cli",
+            "evaluate",
+            "cot",
+            "--task",
+            "gsm8k",
+            "--limit",
+            "1",
+            "--data-dir",
+            str(data_dir),
+            "--executor-base-url",
+            executor_server.url,
+            "--executor-model",
+            "scripted",
+            "--executor-cache-path",
+            str(path),
+            "--json",
+            str(tmp_path / "result.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith(f"w4s: error: the response cache {path} is corrupt or not a w4s cache")
+    assert executor_server.stats()["requests"] == 0
