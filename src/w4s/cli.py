@@ -37,12 +37,17 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _sandbox_config(args):
-    """SandboxConfig from --config and the --sandbox-* flags (the per-sample time limit included)."""
+def _sandbox_config(args, check: bool = True):
+    """SandboxConfig from --config and the --sandbox-* flags (the per-sample time limit included);
+    ``check``: refuse now, before any work, when this machine cannot give the isolation it asks for."""
     from w4s import config
+    from w4s.sandbox import isolation
     from w4s.sandbox.config import SandboxConfig
 
-    return config.load(SandboxConfig, args.config, config.overrides_from(args, SandboxConfig, "sandbox-"))
+    cfg = config.load(SandboxConfig, args.config, config.overrides_from(args, SandboxConfig, "sandbox-"))
+    if check:
+        isolation.backend(cfg)
+    return cfg
 
 
 def settle_heap() -> None:
@@ -88,7 +93,7 @@ def cmd_sandbox_doctor(args) -> int:
 
     from w4s.sandbox import doctor
 
-    cfg = _sandbox_config(args)
+    cfg = _sandbox_config(args, check=False)  # the doctor reports what is missing instead
     _writable(args.json, "--json")
     checks = doctor.diagnose(cfg)
     table = Table(title="w4s sandbox doctor")

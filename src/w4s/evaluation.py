@@ -4,7 +4,10 @@ gateway. This is the environment of the W4S decision process."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -103,19 +106,37 @@ class EvaluationResult:
         }
 
 
+_JSON_TEXT = 100_000  # characters of one string kept in results
+_JSON_ITEMS = 10_000  # items of one list, set or dict kept in results
+_JSON_INT_BITS = 10_000  # larger ints (over ~3,000 digits) are described, not written out
+
+
 def to_json(value: Any) -> Any:
-    """Plain data as JSON: tuples and sets become lists, bytes hex, other scalars their repr."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    if isinstance(value, set | frozenset):
-        return sorted((to_json(v) for v in value), key=repr)
+    """An answer (plain data) as strict JSON for results: tuples and sets become lists, bytes hex,
+    non-finite floats and enormous ints strings, and long strings and containers are shortened."""
+    if value is None or isinstance(value, bool | str):
+        return value if not isinstance(value, str) or len(value) <= _JSON_TEXT else _clipped(value)
+    if isinstance(value, int):
+        return value if value.bit_length() <= _JSON_INT_BITS else f"<int of {value.bit_length()} bits>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [to_json(v) for v in itertools.islice(value, _JSON_ITEMS)]
+        if isinstance(value, set | frozenset):
+            items.sort(key=repr)
+        if len(value) > _JSON_ITEMS:
+            items.append(f"... [{len(value) - _JSON_ITEMS} more items]")
+        return items
     if isinstance(value, dict):
-        return {str(k) if not isinstance(k, str) else k: to_json(v) for k, v in value.items()}
+        pairs = itertools.islice(value.items(), _JSON_ITEMS)
+        return {k if isinstance(k, str) else json.dumps(to_json(k)): to_json(v) for k, v in pairs}
     if isinstance(value, bytes):
-        return value.hex()
-    return repr(value)
+        return to_json(value.hex())
+    return repr(value)[:_JSON_TEXT]
+
+
+def _clipped(text: str) -> str:
+    return text[:_JSON_TEXT] + f" ... [{len(text) - _JSON_TEXT} more characters]"
 
 
 def select(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:

@@ -5,7 +5,9 @@ and faults (429 with Retry-After, 500, hanging requests, malformed bodies, empty
 option to ignore ``n`` like llama.cpp and ``transformers serve``.
 
 Run: python -m tests.servers.openai_scripted --script FILE.json   (prints "PORT <n>" when ready)
-Control: POST /_script with a new script (resets counters); GET /_stats.
+Control: POST /_script with a new script (resets counters); GET /_stats (requests, faults served,
+requests per model, the largest max_tokens and n asked for, [model, seed] of every request, the most requests in
+flight at once).
 
 Script keys (all optional):
   latency_ms      delay before every reply
@@ -14,6 +16,9 @@ Script keys (all optional):
                     index) or "replies": [text per choice index]}]
   default         "echo" (reply "echo:<message>") or a fixed text
   ignore_n        return one choice whatever n asks
+  usage           {"prompt_tokens": x, "completion_tokens": y}: report these instead of the real counts
+                  (any JSON value: negative, huge, a string)
+  reply_size      pad every reply text with "x" to this many characters
   faults          [{"kind": "429"|"500"|"hang"|"malformed"|"empty"|"status", "count": k,
                     "retry_after": s, "hang_s": s, "status": code}], consumed in order, one per request
 """
@@ -29,7 +34,24 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATE = {"script": {}, "requests": 0, "faults_served": 0, "by_model": {}, "lock": threading.Lock()}
+STATE = {"script": {}, "lock": threading.Lock()}
+_COUNTERS = {
+    "requests": 0,
+    "faults_served": 0,
+    "by_model": {},
+    "max_tokens_seen": 0,
+    "max_n_seen": 0,
+    "seeds": [],
+    "in_flight": 0,
+    "max_in_flight": 0,
+}
+
+
+def _reset() -> None:
+    STATE.update({k: (v.copy() if isinstance(v, dict | list) else v) for k, v in _COUNTERS.items()})
+
+
+_reset()
 
 
 def _next_fault() -> dict | None:
@@ -90,7 +112,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path == "/_script":
             with STATE["lock"]:
-                STATE.update(script=json.loads(body), requests=0, faults_served=0, by_model={})
+                STATE["script"] = json.loads(body)
+                _reset()
             self._send(200, b"{}")
             return
         if not self.path.endswith("/chat/completions"):
@@ -99,6 +122,19 @@ class Handler(BaseHTTPRequestHandler):
         request = json.loads(body)
         with STATE["lock"]:
             STATE["by_model"][request.get("model")] = STATE["by_model"].get(request.get("model"), 0) + 1
+            asked = request.get("max_tokens") or request.get("max_completion_tokens") or 0
+            STATE["max_tokens_seen"] = max(STATE["max_tokens_seen"], asked)
+            STATE["max_n_seen"] = max(STATE["max_n_seen"], int(request.get("n") or 1))
+            STATE["seeds"].append([request.get("model"), request.get("seed")])
+            STATE["in_flight"] += 1
+            STATE["max_in_flight"] = max(STATE["max_in_flight"], STATE["in_flight"])
+        try:
+            self._complete(request)
+        finally:
+            with STATE["lock"]:
+                STATE["in_flight"] -= 1
+
+    def _complete(self, request: dict) -> None:
         fault = _next_fault()
         latency = STATE["script"].get("latency_ms", 0) / 1000
         if latency:
@@ -127,10 +163,14 @@ class Handler(BaseHTTPRequestHandler):
         messages = request.get("messages") or []
         content = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
         n = 1 if STATE["script"].get("ignore_n") else int(request.get("n") or 1)
+        size = STATE["script"].get("reply_size")
         choices = [
             {
                 "index": i,
-                "message": {"role": "assistant", "content": _reply_for(content, i)},
+                "message": {
+                    "role": "assistant",
+                    "content": _reply_for(content, i).ljust(size, "x") if size else _reply_for(content, i),
+                },
                 "finish_reason": "stop",
             }
             for i in range(n)
@@ -143,7 +183,8 @@ class Handler(BaseHTTPRequestHandler):
             "created": 0,
             "model": request.get("model"),
             "choices": choices,
-            "usage": {
+            "usage": STATE["script"].get("usage")
+            or {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,

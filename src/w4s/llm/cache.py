@@ -1,9 +1,10 @@
 """Persistent response cache (SQLite): one row per (request, choice index).
 
-Keys hash the model, the messages, every sampling parameter and the seed, plus the index of the
-choice, so re-running an unchanged workflow at temperature 0 makes no calls, and sampled calls
-replay the same choices for the same seed. Writes are committed per response; WAL mode lets
-several processes share one cache file.
+Keys hash the endpoint and model, the model's revision where known, the messages, every sampling
+parameter and the seed, plus the index of the choice, so re-running an unchanged workflow at
+temperature 0 makes no calls, and sampled calls replay the same choices for the same seed, while a
+different server or a redeployed model never answers from another's entries. Writes are committed
+per response; WAL mode lets several processes share one cache file.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from pathlib import Path
 from w4s.errors import ConfigError
 
 
-def request_key(model: str, messages: list[dict], params: dict) -> str:
+def request_key(identity: str, revision: str | None, messages: list[dict], params: dict) -> str:
+    """What makes two requests the same: the endpoint and model that answer (``identity``), the
+    model's revision where known, the messages, and every sampling parameter (seed included)."""
     payload = json.dumps(
-        {"model": model, "messages": messages, "params": params}, sort_keys=True, ensure_ascii=False
+        {"backend": identity, "revision": revision, "messages": messages, "params": params},
+        sort_keys=True,
+        ensure_ascii=True,  # any string a workflow sends (a lone surrogate included) hashes
     )
     return hashlib.sha256(payload.encode()).hexdigest()
 
