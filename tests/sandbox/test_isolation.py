@@ -43,10 +43,17 @@ def test_a_sandbox_that_starts_without_a_layer_is_refused_unless_allowed():
     from w4s.errors import SandboxUnavailable
     from w4s.sandbox.host import Sandbox
 
-    with pytest.raises(
-        SandboxUnavailable, match=r"started without seccomp filter \(off\).*--allow-degraded-sandbox"
-    ):
+    with pytest.raises(SandboxUnavailable, match=r"seccomp filter was turned off.*--allow-degraded-sandbox"):
         Sandbox(SandboxConfig(seccomp=False))
+    # Layers that fail only once the sandbox runs (the kernel refuses the filter or the mounts) are
+    # found from what the zygote reports, and refused the same way.
+    assert isolation.degraded_layers("bwrap", {"seccomp": "on", "private_scratch": "on"}) == []
+    assert isolation.degraded_layers(
+        "bwrap", {"seccomp": "failed: EINVAL", "private_scratch": "failed: EPERM"}
+    ) == [
+        "seccomp filter (failed: EINVAL)",
+        "private scratch per job (failed: EPERM)",
+    ]
     with Sandbox(SandboxConfig(seccomp=False, allow_degraded=True)) as box:
         assert box.isolation["degraded"] == ["seccomp filter (off)"]
     with Sandbox(SandboxConfig()) as box:

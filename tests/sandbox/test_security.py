@@ -38,29 +38,46 @@ def hostile(body: str) -> str:
     )
 
 
-def contained(body: str, cfg, extra_tasks=0):
-    """Run the hostile body once beside benign samples; return the hostile sample's result."""
-    results = run(
-        hostile(body), ["attack", BENIGN] + [BENIGN] * extra_tasks, cfg, concurrency=2 + extra_tasks
-    )
+def contained(body: str, cfg, extra_tasks=0, job_uids: list | None = None):
+    """Run the hostile body once beside benign samples; return the hostile sample's result.
+    ``job_uids`` receives the uids the sandbox gave its jobs (as root; None otherwise)."""
+
+    async def main():
+        async with WorkflowSandbox(hostile(body), CallableHost(lambda r: ["x"]), cfg) as box:
+            if job_uids is not None:
+                job_uids.append(box._box.job_uids)
+            return await box.run_many(
+                ["attack", BENIGN] + [BENIGN] * extra_tasks, concurrency=2 + extra_tasks
+            )
+
+    results = asyncio.run(main())
     for benign in results[1:]:
         assert benign.answer == "fine", f"a neighbour was harmed: {benign.error}"
     assert os.getpid() > 0  # the host process is still here, running this line
     return results[0]
 
 
-def sandbox_uid_processes() -> list[int]:
-    """Host PIDs owned by sandbox job uids (root mode); they must all be gone after a run."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}").st_uid >= isolation._UID_BASE:
-                    with open(f"/proc/{entry}/stat") as handle:
-                        if handle.read().rsplit(")", 1)[1].split()[0] != "Z":  # zombies run nothing
-                            found.append(int(entry))
-            except OSError:
-                pass
+def left_behind(uids: range | None) -> list[int]:
+    """Live processes that run under the given job uids (they are this test's own sandbox's: no one
+    else has them), once the sandbox has had a few seconds to sweep them; [] when they are all gone."""
+    if uids is None:
+        return []
+    found: list[int] = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}").st_uid in uids:
+                        with open(f"/proc/{entry}/stat") as handle:
+                            if handle.read().rsplit(")", 1)[1].split()[0] != "Z":  # zombies run nothing
+                                found.append(int(entry))
+                except OSError:
+                    pass
+        if not found:
+            break
+        time.sleep(0.05)
     return found
 
 
@@ -244,6 +261,7 @@ def test_filling_scratch_is_an_error_not_a_host_problem(cfg):
 
 def test_fork_bomb_is_bounded_and_cleaned_up(cfg):
     cfg.timeout_s = 4
+    uids: list = []
     result = contained(
         """
         while True:
@@ -253,11 +271,11 @@ def test_fork_bomb_is_bounded_and_cleaned_up(cfg):
                 pass
     """,
         cfg,
+        job_uids=uids,
     )
     assert result.error["type"] in ("TimeoutError", "KilledBySignal")
-    time.sleep(0.5)
-    if os.geteuid() == 0:
-        assert sandbox_uid_processes() == []
+    assert (uids[0] is not None) == (os.geteuid() == 0)
+    assert left_behind(uids[0]) == []
 
 
 def test_thread_bomb_is_bounded(cfg):
@@ -289,12 +307,11 @@ def test_memory_bomb_gradual(cfg):
     assert result.error["type"] == "MemoryError"
 
 
-def test_infinite_loop_is_killed_on_time(cfg):
+def test_infinite_loop_is_killed_at_its_time_limit(cfg):
     cfg.timeout_s = 1.5
-    started = time.perf_counter()
     result = contained("while True:\n    pass", cfg)
-    assert result.error["type"] == "TimeoutError"
-    assert time.perf_counter() - started < 6
+    assert result.error["type"] == "TimeoutError" and "longer than 1.5 s" in result.error["message"]
+    assert result.wall_seconds >= 1.5  # a lower bound only: it ran until its limit
 
 
 def test_cpu_limit_kills_busy_code(cfg):
@@ -321,6 +338,7 @@ def test_ignoring_sigterm_does_not_help(cfg):
 
 
 def test_daemonised_children_do_not_outlive_the_sample(cfg):
+    uids: list = []
     result = contained(
         """
         if os.fork() == 0:
@@ -332,11 +350,10 @@ def test_daemonised_children_do_not_outlive_the_sample(cfg):
         return 'left a daemon'
     """,
         cfg,
+        job_uids=uids,
     )
     assert result.answer == "left a daemon"
-    time.sleep(0.5)
-    if os.geteuid() == 0:
-        assert sandbox_uid_processes() == []
+    assert left_behind(uids[0]) == []
 
 
 def test_killing_the_parent_is_ignored(cfg):
@@ -618,14 +635,13 @@ def solver(agent, task):
 
     async def main():
         async with WorkflowSandbox(source, CallableHost(lambda request: ["x"]), cfg) as box:
-            started = time.perf_counter()
             attack = await box.run("attack")
-            answered = time.perf_counter() - started
             probe = await box.run(attack.answer)
-        return attack, answered, probe
+        return attack, probe
 
-    attack, answered, probe = asyncio.run(main())
-    assert len(attack.answer) == 2 and answered < cfg.timeout_s  # taken at once, not at the timeout
+    attack, probe = asyncio.run(main())
+    # Taken at once: had the host waited for the job to end, the sample would have timed out.
+    assert attack.error is None and len(attack.answer) == 2
     assert probe.error is None and probe.answer == []
 
 
@@ -717,3 +733,51 @@ def test_killed_waiting_jobs_are_replaced(cfg):
 
     results = asyncio.run(main())
     assert [r.answer for r in results] == [2, 4, 6, 8, 10], [r.error for r in results]
+
+
+# --- what a sample sends the host --------------------------------------------------------------------
+
+FORGE = """
+import json, os, struct, sys, time
+def solver(agent, task):
+    if task == 'benign':
+        time.sleep(0.5)  # in flight while the host receives the attack
+        return 'fine'
+    modulus = (1 << 61) - 1
+    if task == 'colliding set':  # 200,000 ints that all hash alike: minutes to build as a set
+        value = {'__w4s__': 'set', 'v': [{'__w4s__': 'int', 'v': hex(7 + i * modulus)} for i in range(200_000)]}
+        message = {'op': 'done', 'answer': value}
+    elif task == 'colliding dict':
+        pairs = [[{'__w4s__': 'int', 'v': hex(7 + i * modulus)}, 0] for i in range(200_000)]
+        message = {'op': 'done', 'answer': {'__w4s__': 'dict', 'v': pairs}}
+    elif task == 'million items':
+        message = {'op': 'done', 'answer': [[] for _ in range(1_500_000)]}
+    else:  # 'call without an id'
+        message = {'op': 'call', 'id': 'x' * 100, 'method': 'call_llm', 'params': {}}
+    body = json.dumps(message).encode()
+    sock = agent._channel._sock
+    sock.sendall(struct.pack('>I', len(body)) + body)
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize(
+    ("attack", "error"),
+    [
+        ("colliding set", "share one hash"),
+        ("colliding dict", "share one hash"),
+        ("million items", "more than 1000000 items"),
+        ("call without an id", "integer id"),
+    ],
+)
+def test_forged_frames_are_refused_quickly_and_harm_no_neighbour(cfg, attack, error):
+    cfg.timeout_s = 60  # the attack must end on its refusal, far sooner
+    results = run(FORGE, [attack, "benign", "benign"], cfg, concurrency=3)
+    assert [r.answer for r in results[1:]] == ["fine", "fine"]
+    assert results[0].answer is None and error in results[0].error["message"], results[0].error
+    assert results[0].error["type"] in ("AnswerError", "ProtocolError")
+
+
+def test_a_large_honest_answer_crosses(cfg):
+    result = run("def solver(agent, task):\n    return list(range(300_000))\n", ["t"], cfg)[0]
+    assert result.error is None and result.answer == list(range(300_000)) and result.answer_bytes > 1 << 20

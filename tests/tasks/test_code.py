@@ -61,3 +61,12 @@ def test_humaneval_public_tests_never_use_hidden_tests(data_dir):
                 test.replace("candidate", sample.extra["entry_point"]).split("==")[0].strip()[7:]
                 in sample.task
             )
+
+
+def test_finding_the_entry_point_is_linear_in_the_answer():
+    """`defines` once let `\\s*` cross newlines: a million of them took minutes (pytest's timeout
+    fails this test if that comes back); now it is one pass."""
+    from w4s.tasks.code import defines
+
+    assert not defines("\n" * 1_000_000 + "x", "f")
+    assert defines("import os\n\n  def f (x):\n    pass\n", "f") and not defines("def fx(x):\n", "f")

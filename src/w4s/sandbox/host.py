@@ -65,6 +65,7 @@ class Sandbox:
             )
         if missing:
             _warn_once(f"SANDBOX DEGRADED: running without {', '.join(missing)} (allowed by allow_degraded)")
+        self.job_uids = self._launch.job_uids
         self.isolation = {
             "backend": self._launch.backend,
             "seccomp": self.applied.get("seccomp"),

@@ -67,6 +67,7 @@ class Launch:
     pass_fds: tuple[int, ...]
     host_dirs: list[str] = field(default_factory=list)
     backend: str = "bwrap"
+    job_uids: range | None = None  # as root: the uids this sandbox gives its jobs, and no one else
 
     def cleanup(self) -> None:
         for path in self.host_dirs:
@@ -188,6 +189,8 @@ def backend(cfg: SandboxConfig) -> str:
     """The backend this configuration gets on this machine. Anything less than bubblewrap is refused
     unless ``cfg.allow_degraded``: a sandbox never falls back silently."""
     works, detail, _ = _bwrap_probe()
+    if not cfg.seccomp and not cfg.allow_degraded:
+        raise SandboxUnavailable(f"the seccomp filter was turned off (seccomp: false); {DEGRADED_HINT}")
     if cfg.isolation != "process" and works:
         return "bwrap"
     if cfg.isolation == "bwrap":
@@ -327,7 +330,8 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
     # The worker is imported, not run as a script, so its byte code comes from the cache as well.
     entry = f"import sys; sys.path.insert(0, {runtime!r}); import worker; worker.main()"
     argv += [python, "-I", "-S", "-B", "-c", entry, json.dumps(settings)]
-    return Launch(argv=argv, env=env, cwd=cwd, pass_fds=(ctrl_fd,), host_dirs=host_dirs, backend=kind)
+    job_uids = None if uid_base is None else range(uid_base + 1, uid_base + _UID_SPAN_PER_SANDBOX)
+    return Launch(argv, env, cwd, (ctrl_fd,), host_dirs, backend=kind, job_uids=job_uids)
 
 
 @functools.cache

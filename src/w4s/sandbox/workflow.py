@@ -331,6 +331,8 @@ class WorkflowSandbox:
         except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError) as exc:
             if isinstance(exc, protocol.ProtocolError) and sample.final is None:
                 sample.final = {"op": "failed", "error": _error("ProtocolError", str(exc))}
+                if not sample.answered.done():  # the sample broke its channel: it ends now
+                    sample.answered.set_result(None)
 
     async def _answer(self, sample: _Sample, message: dict, writer, write_lock: asyncio.Lock) -> None:
         reply: dict = {"op": "reply", "id": message["id"]}

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from w4s.sandbox.code_scoring import CodeProblem, CodeScorer
+from w4s.sandbox.code_scoring import CodeProblem, CodeScorer, expected_names
 from w4s.tasks.base import Fields, Sample, Score, Task, corrupt, read_jsonl
 
 SPLIT_FILES = {"validation": "validate.jsonl", "test": "test.jsonl"}
@@ -61,7 +61,8 @@ def strip_fences(code: str) -> str:
 
 
 def defines(code: str, name: str) -> bool:
-    return re.search(rf"^\s*def\s+{re.escape(name)}\s*\(", code, re.MULTILINE) is not None
+    # [ \t], not \s: a pattern that may cross newlines backtracks quadratically on long runs of them
+    return re.search(rf"^[ \t]*def[ \t]+{re.escape(name)}[ \t]*\(", code, re.MULTILINE) is not None
 
 
 class _CodeTask(Task):
@@ -70,6 +71,7 @@ class _CodeTask(Task):
 
     def __init__(self) -> None:
         self._scorer: CodeScorer | None = None
+        self._expected: dict[str, tuple[tuple[str, ...], str]] = {}
 
     def scorer(self) -> CodeScorer:
         if self._scorer is None:
@@ -86,14 +88,28 @@ class _CodeTask(Task):
         code = _code_text(answer)
         if code is None or not code.strip():
             return None
+        provided, imports = self._expectations(sample)
+        setup = sample.extra.get("setup", "")
         return CodeProblem(
             program=self.program(sample, strip_fences(code)),
             test=sample.extra["test"],
             entry_point=sample.extra["entry_point"],
-            setup=sample.extra.get("setup", ""),
+            setup=f"{setup}\n{imports}" if imports else setup,
             id=sample.id,
             timeout_s=self.score_timeout_s,
+            provided=provided,
         )
+
+    def _expectations(self, sample: Sample) -> tuple[tuple[str, ...], str]:
+        """What the hidden test takes from a program, from the reference solution (trusted data)."""
+        if sample.id not in self._expected:
+            self._expected[sample.id] = expected_names(
+                sample.extra["test"],
+                sample.extra.get("setup", ""),
+                self.program(sample, sample.expected),
+                sample.extra["entry_point"],
+            )
+        return self._expected[sample.id]
 
     def score(self, sample: Sample, answer: Any) -> Score:
         problem = self.problem(sample, answer)

@@ -37,7 +37,12 @@ class PlainDataError(TypeError):
 
 def pack(message: dict) -> bytes:
     """Serialise one message into a frame."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate: escaped, it crosses as the same string
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ProtocolError(f"message cannot be framed: {type(exc).__name__}") from None
     if len(body) > MAX_FRAME:
         raise ProtocolError(f"message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return _HEADER.pack(len(body)) + body
