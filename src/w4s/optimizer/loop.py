@@ -34,7 +34,7 @@ from w4s.optimizer import prompts
 from w4s.optimizer.extraction import extract_workflow, static_check
 from w4s.optimizer.rewards import REWARD_KINDS, reward
 from w4s.optimizer.run_folder import RUN, RunFolder, atomic_write
-from w4s.optimizer.trajectory import TrajectoryStore
+from w4s.optimizer.trajectory import TrajectoryStore, record_key
 from w4s.sandbox.config import SandboxConfig
 from w4s.tasks import get_task
 from w4s.tasks.base import Sample
@@ -377,31 +377,40 @@ class Optimizer:
         state = self.state(baselines)
         prompt = self.messages(baselines, state)
         self.on_event("turn", {"turn": turn, "best": state.best_score})
-        replies = self.folder.replies(self.cfg.episode, turn)
-        if replies is None or len(replies) != self.cfg.candidates:
-            replies = await self._ask_meta(
-                prompt, self.cfg.candidates, derive_seed(self.cfg.seed, self.cfg.episode, turn)
-            )
-            self.folder.save_replies(self.cfg.episode, turn, replies)
         staged = {
             r["candidate"]: r for r in self.staging if r["episode"] == self.cfg.episode and r["turn"] == turn
         }
-        for index, reply in enumerate(replies):
-            if index in staged or (self.cfg.episode, turn, index) in self.store:
-                continue
-            staged[index] = await self.candidate(turn, index, prompt, reply, state)
-            self.staging.append(staged[index])
+        for index in range(self.cfg.candidates):
+            committed = self.store.get((self.cfg.episode, turn, index))
+            if committed is not None:  # the turn was partly committed (its commit was cut short)
+                staged.setdefault(index, committed)
+        if len(staged) < self.cfg.candidates:
+            replies = self.folder.replies(self.cfg.episode, turn)
+            if replies is None or len(replies) != self.cfg.candidates:
+                seed = derive_seed(self.cfg.seed, self.cfg.episode, turn)
+                replies = await self._ask_meta(prompt, self.cfg.candidates, seed)
+                self.folder.save_replies(self.cfg.episode, turn, replies)
+            for index, reply in enumerate(replies):
+                if index not in staged:
+                    staged[index] = await self.candidate(turn, index, prompt, reply, state)
+                    self.staging.append(staged[index])
         self.commit(turn, [staged[i] for i in range(self.cfg.candidates)], state)
 
     def commit(self, turn: int, records: list[dict], state: TurnState) -> None:
+        """Append the turn's records with the selection. Records already in the store (a commit cut
+        short) stay as written; a selection they carry is kept."""
         scored = [r for r in records if r["valid_score"] is not None]
-        chosen = max(scored, key=lambda r: (r["valid_score"], -r["candidate"])) if scored else None
+        written = [r for r in records if record_key(r) in self.store]
+        chosen = next((r for r in written if r["selected"]), None)
+        if chosen is None and scored:
+            chosen = max(scored, key=lambda r: (r["valid_score"], -r["candidate"]))
         best_after = max([state.best_score] + [r["valid_score"] for r in scored])
         for record in records:
+            if record_key(record) in self.store:
+                continue
             record["selected"] = record is chosen
             record["best_after"] = best_after
-            if (record["episode"], record["turn"], record["candidate"]) not in self.store:
-                self.store.append(record)
+            self.store.append(record)
         self.staging.path.unlink(missing_ok=True)
         self.staging = TrajectoryStore(self.out / STAGING)
         self.folder.clear_replies()

@@ -141,6 +141,12 @@ class TrajectoryStore:
         self.records.append(record)
         self._keys.add(key)
 
+    def get(self, key: tuple[int, int, int]) -> dict | None:
+        """The record of (episode, turn, candidate), or None."""
+        if key not in self._keys:
+            return None
+        return next(r for r in self.records if record_key(r) == key)
+
     def selected(self, episode: int, turn: int) -> dict | None:
         """The record chosen at (episode, turn), from the ``selected`` flags written with it."""
         for record in self.records:

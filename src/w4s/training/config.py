@@ -32,9 +32,7 @@ class TrainConfig:
     max_steps: int | None = option(None, "stop after this many optimizer steps", positive)
     batch_size: int = option(4, "examples per device per step", positive)
     grad_accum: int = option(1, "gradient accumulation steps", positive)
-    warmup_ratio: float = option(
-        0.03, "fraction of steps for learning-rate warm-up", non_negative
-    )
+    warmup_ratio: float = option(0.03, "fraction of steps for learning-rate warm-up", non_negative)
     bf16: str = option(
         "auto",
         "auto (when the GPU supports it), true or false",
