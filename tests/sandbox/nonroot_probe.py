@@ -36,6 +36,13 @@ def solver(agent, task):
     if task == "look":  # a sibling, after the mark: it must see none of it
         time.sleep(0.3)
         return sorted(os.listdir("/tmp") + os.listdir("/scratch") + os.listdir("."))
+    if task == "escalate":  # the zygote holds CAP_SYS_ADMIN of its user namespace; a job must not
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        tried = [libc.unshare(0x20000), ctypes.get_errno(), libc.mount(b"x", b"/tmp", b"tmpfs", 0, None)]
+        caps = [line.split()[1] for line in open("/proc/self/status") if line.startswith(("CapEff", "CapAmb"))]
+        return tried + [ctypes.get_errno()] + caps
     if task == "hang":
         time.sleep(100)
     if task == "peek":  # every other process of this uid: memory writable? environment readable?
@@ -62,7 +69,7 @@ async def main():
     async with WorkflowSandbox(WORKFLOW, CallableHost(lambda request: ["ok"]), cfg) as box:
         tasks = ["a", "daemon", "hang", "b", "peek"]
         if cfg.isolation != "process":  # process isolation shares the host's /tmp: nothing to check there
-            tasks += ["mark", "look"]
+            tasks += ["mark", "look", "escalate"]
         return await box.run_many(tasks, concurrency=4)
 
 

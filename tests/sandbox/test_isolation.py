@@ -113,7 +113,15 @@ def test_works_as_an_unprivileged_user(isolation_mode):
         [None, "TimeoutError"],
         ["ok42", None],
         [[], None],  # no process it shares a uid with (host, zygote, waiting jobs) is open to it
-    ] + ([["marked", None], [[], None]] if isolation_mode == "auto" else [])  # a private scratch per job
+    ] + (
+        [
+            ["marked", None],
+            [[], None],  # a private scratch per job
+            [[-1, 1, -1, 1, "0000000000000000", "0000000000000000"], None],  # and no capability left
+        ]
+        if isolation_mode == "auto"
+        else []
+    )
     assert report["left"] == []  # the daemon and the hung sample were killed with their jobs
     assert layers["network"] and layers["environment"] and layers["privileges"] and layers["seccomp"]
     if isolation_mode == "auto" and layers["backend"]:

@@ -191,7 +191,7 @@ class _Candidate:
 
     def close(self) -> None:
         self._sock.close()
-        self._box.kill(self._job)
+        self._box.kill(self._job, report=False)
 
 
 def _names_used(code: types.CodeType) -> set[str]:

@@ -42,7 +42,7 @@ class SandboxConfig:
     )
     scratch_mb: int = option(
         64,
-        "size of each job's private tmpfs, MiB: its scratch directory and /tmp together (bubblewrap isolation)",
+        "size of each job's private tmpfs, MiB: its scratch directory, which it also sees at /tmp (bubblewrap)",
         positive,
     )
     output_bytes: int = option(65536, "stdout+stderr kept per sample; the rest is discarded", positive)

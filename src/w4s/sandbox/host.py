@@ -113,12 +113,18 @@ class Sandbox:
                 raise SandboxUnavailable(f"the sandbox stopped answering ({exc})") from None
         return job
 
-    def kill(self, job: int) -> None:
+    def kill(self, job: int, report: bool = True) -> None:
+        """Ask the zygote to kill ``job`` (and all it started). ``report=False``: the caller has what it
+        needs of the job, so its exit is neither reported nor called back (one message and one
+        wake-up of the event loop less per sample)."""
+        message = {"op": "kill", "id": job} if report else {"op": "kill", "id": job, "quiet": True}
         with self._lock:
             if not self.alive:
                 return
+            if not report:
+                self._exits.pop(job, None)
             try:
-                self._ctrl.send(json.dumps({"op": "kill", "id": job}).encode())
+                self._ctrl.send(json.dumps(message).encode())
             except OSError as exc:
                 log.debug("could not ask the sandbox to kill job %s: %s", job, exc)
 

@@ -101,6 +101,16 @@ class _Sample:
         self.calls = 0
         self.stopped: str | None = None  # why the host stopped serving it (its budget is spent)
 
+    @property
+    def settled(self) -> bool:
+        """Its result comes from what it sent (or from its stop), not from how its job ended."""
+        final = self.final
+        if self.stopped is not None or final is None:
+            return self.stopped is not None
+        return final.get("op") == "done" or (
+            final.get("op") == "failed" and isinstance(final.get("error"), dict)
+        )
+
     def stop(self, reason: str) -> None:
         """End the sample now: a call was refused for a reason that is not the workflow's."""
         if self.stopped is None:
@@ -253,7 +263,9 @@ class WorkflowSandbox:
             # The zygote reaps and sweeps in the background; whatever is left of the job is killed
             # now, so a workflow that forged its final message cannot keep running. Also when cancelled.
             if not sample.exit.done():
-                self._box.kill(sample.job)
+                # With a final message in hand (or a timeout already waited out) the exit report is
+                # of no use: the job is killed without one.
+                self._box.kill(sample.job, report=not (timed_out or sample.settled))
             loop.remove_reader(out_fd)
             for task_ in (rpc_task, *pending):
                 if task_ is not None:

@@ -150,7 +150,8 @@ class Zygote:
         self.workflow = None
         self.workflow_lines: list[str] = []
         self.private = False  # jobs get a private scratch (decided by harden)
-        self.job_filter = False  # jobs stack the full seccomp filter after making it
+        self.shared_mounts = False  # mounts here propagate: a job makes its own private first
+        self.quiet: set = set()  # jobs whose exit the host does not want reported
 
     # --- setup -----------------------------------------------------------------------------------
     def harden(self) -> dict:
@@ -170,9 +171,10 @@ class Zygote:
             else:
                 applied["seccomp"] = "unsupported architecture"
         if self.args.private_scratch:
+            with open("/proc/self/mountinfo") as handle:  # optional fields "shared:N" mark propagation
+                self.shared_mounts = "shared:" in handle.read()
             applied["private_scratch"] = self.try_private_scratch()
         self.private = applied["private_scratch"] == "on"
-        self.job_filter = applied["seccomp"] == "on" and self.private
         if self.me != 1:
             _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         return applied
@@ -197,31 +199,30 @@ class Zygote:
         return "on" if status == 0 else f"failed: {detail or status}"
 
     def make_private_scratch(self) -> None:
-        """In a new job, before it runs anything: a tmpfs of its own behind the scratch directory
-        and /tmp (one size limit for both), in a mount namespace of its own. Siblings never share
-        a file, whatever permissions a job sets, and nothing outlives the job."""
+        """In a new job, before it runs anything: a tmpfs of its own (one size limit) as its scratch
+        directory, also seen at /tmp, in a mount namespace of its own. Siblings never share a file,
+        whatever permissions a job sets, and nothing outlives the job."""
         _checked(_LIBC.unshare(_CLONE_NEWNS), "unshare a mount namespace")
-        _checked(_LIBC.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
-        size = f"size={self.limits['scratch_mb'] * 1024 * 1024},mode=0700".encode()
-        _checked(_LIBC.mount(b"w4s-job", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, size), "mount a tmpfs")
-        os.mkdir("/tmp/scratch", 0o700)
-        os.mkdir("/tmp/tmp", 0o700)
+        if self.shared_mounts:
+            _checked(_LIBC.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "make mounts private")
         scratch = os.fsencode(self.args.scratch)
-        _checked(_LIBC.mount(b"/tmp/scratch", scratch, None, _MS_BIND, None), "bind the scratch directory")
-        _checked(_LIBC.mount(b"/tmp/tmp", b"/tmp", None, _MS_BIND, None), "bind /tmp")
+        size = f"size={self.limits['scratch_mb'] * 1024 * 1024},mode=0700".encode()
+        _checked(_LIBC.mount(b"w4s-job", scratch, b"tmpfs", _MS_NOSUID | _MS_NODEV, size), "mount a tmpfs")
+        _checked(_LIBC.mount(scratch, b"/tmp", None, _MS_BIND, None), "bind it at /tmp")
 
     def enclose(self) -> None:
         """The filesystem part of a job's isolation, done before it knows which job it runs: its
-        private scratch; without root, no capabilities left; then the full seccomp filter."""
+        private scratch, and, without root, no capabilities left (as root the uid change drops them).
+
+        The seccomp filter the job inherits allows mount and unshare of a mount namespace for this;
+        a job cannot use them: both need CAP_SYS_ADMIN, which it no longer has and, with user
+        namespaces refused by the same filter, cannot regain. (A second, stricter filter per job
+        cost as much CPU as the rest of a sample's start.)"""
         if not self.private:
             return
         self.make_private_scratch()
         if self.args.uid_base is None:
-            _drop_capabilities()  # as root, the uid change drops them
-        if self.job_filter:
-            import seccomp
-
-            seccomp.install()
+            _drop_capabilities()
 
     def warm_up(self) -> list[str]:
         """Import, once for all jobs, the common modules the workflow imports (all of them when there
@@ -304,6 +305,8 @@ class Zygote:
                 if message.get("op") == "spawn":
                     self.start_job(message, data, fds)
                 elif message.get("op") == "kill":
+                    if message.get("quiet"):
+                        self.quiet.add(message.get("id"))
                     for pid, (job, _uid) in list(self.running.items()):
                         if job == message.get("id"):
                             self.kill_job(pid)
@@ -425,6 +428,9 @@ class Zygote:
                 import shutil  # see _LATER_MODULES
 
                 shutil.rmtree(os.path.join(self.args.scratch, f"job-{job_id}"), ignore_errors=True)
+            if job_id in self.quiet:  # the host has what it needs of this job
+                self.quiet.discard(job_id)
+                continue
             report = {"op": "exit", "id": job_id}
             if os.WIFSIGNALED(status):
                 report["signal"] = os.WTERMSIG(status)
@@ -476,8 +482,7 @@ class Zygote:
             if self.private:
                 workdir = self.args.scratch
                 if uid is not None:
-                    os.chown(workdir, uid, uid)
-                    os.chown("/tmp", uid, uid)
+                    os.chown(workdir, uid, uid)  # the job's tmpfs (also its /tmp)
             else:
                 workdir = os.path.join(self.args.scratch, f"job-{job}")
             if uid is not None:
