@@ -29,7 +29,7 @@ from w4s.llm.backends import (
 )
 from w4s.llm.cache import ResponseCache, request_key
 from w4s.llm.config import GatewayConfig
-from w4s.llm.limits import Budget, RateLimiter, Usage
+from w4s.llm.limits import Budget, BudgetExceeded, RateLimiter, Usage
 from w4s.llm.pricing import PriceTable
 
 log = logging.getLogger(__name__)
@@ -255,10 +255,16 @@ class Gateway:
                     # Checked again now that it is about to go out, and its worst case held until its
                     # usage is accounted: requests that waited for a slot cannot overshoot together.
                     budget = self.budget
-                    held = await budget.reserve_when_room(
+                    worst = (
                         prompt_bound + n * max_tokens,
                         self.prices.cost(self.model, prompt_bound, n * max_tokens),
                     )
+                    try:
+                        held = budget.reserve(*worst)
+                    except BudgetExceeded:
+                        if not budget.holding:
+                            raise
+                        held = await budget.reserve_when_room(*worst)
                     try:
                         completion = await self.backend.generate(
                             messages,

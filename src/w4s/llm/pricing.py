@@ -26,6 +26,7 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 class PriceTable:
     def __init__(self, prices: dict[str, tuple[float, float]] | None = None):
         self.prices = dict(DEFAULT_PRICES if prices is None else prices)
+        self._found: dict[str, tuple[float, float] | None] = {}
 
     @classmethod
     def load(cls, path: str | Path | None) -> PriceTable:
@@ -46,17 +47,26 @@ class PriceTable:
         return cls(merged)
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
-        if model.startswith("local:"):
-            return 0.0
-        price = self.prices.get(model)
+        price = self._price(model)
         if price is None:
-            # Dated snapshots ("gpt-4o-mini-2024-07-18") cost what their family costs.
-            family = max((m for m in self.prices if model.startswith(m)), key=len, default=None)
-            price = self.prices.get(family) if family else None
-        if price is None:
-            _warn_unpriced(model)
             return 0.0
         return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+
+    def _price(self, model: str) -> tuple[float, float] | None:
+        """(input, output) USD per 1M tokens, found once per model (every request asks twice)."""
+        if model in self._found:
+            return self._found[model]
+        price = None
+        if not model.startswith("local:"):
+            price = self.prices.get(model)
+            if price is None:
+                # Dated snapshots ("gpt-4o-mini-2024-07-18") cost what their family costs.
+                family = max((m for m in self.prices if model.startswith(m)), key=len, default=None)
+                price = self.prices.get(family) if family else None
+            if price is None:
+                _warn_unpriced(model)
+        self._found[model] = price
+        return price
 
 
 @functools.cache
