@@ -61,18 +61,20 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def _writable(path: str | None, flag: str) -> None:
-    """Fail before any work when an output cannot be written, rather than after it, losing it."""
+def _writable(path: str | None, flag: str, folder: bool = False) -> None:
+    """Fail before any work when an output (a file, or a ``folder``) cannot be written, rather than
+    after the work, losing it."""
     if not path:
         return
     target = Path(path).expanduser().resolve()
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_dir():
+        where = target if folder else target.parent
+        where.mkdir(parents=True, exist_ok=True)
+        if not folder and target.is_dir():
             raise IsADirectoryError(21, "is a directory")
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=True):
+        with tempfile.NamedTemporaryFile(dir=where, prefix=f".{target.name}.", delete=True):
             pass
-        if target.exists() and not os.access(target, os.W_OK):
+        if not folder and target.exists() and not os.access(target, os.W_OK):
             raise PermissionError(13, "permission denied")
     except OSError as exc:
         raise ConfigError(
@@ -117,6 +119,7 @@ def cmd_sandbox_verify_humaneval(args) -> int:
     from w4s.sandbox.fidelity import humaneval_fidelity
 
     cfg = _sandbox_config(args)
+    _writable(args.json, "--json")
     with Progress(console=_stderr_console(), transient=True) as progress:
         bar = progress.add_task("scoring HumanEval (canonical, then wrong bodies)", total=2 * 164)
         report = humaneval_fidelity(
@@ -250,6 +253,7 @@ def cmd_optimize(args) -> int:
         # (or an earlier model's) candidates. It is used only where a path is given explicitly.
         meta_cfg = replace(meta_cfg, cache_path="off")
     sandbox_cfg = _sandbox_config(args)
+    _writable(args.out, "--out", folder=True)
 
     async def run():
         executor, meta = Gateway(executor_cfg), Gateway(meta_cfg)
@@ -320,6 +324,7 @@ def cmd_train(args) -> int:
     from w4s.training.train import main as train_main
 
     cfg = config.load(TrainConfig, args.train_config, config.overrides_from(args, TrainConfig))
+    _writable(cfg.output, "--output", folder=True)
     summary = train_main(cfg, args.trajectories)
     log.info(
         "trained on %d examples for %d steps (loss %s -> %s, %s tokens/s); checkpoint: %s",

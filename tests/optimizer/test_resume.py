@@ -201,3 +201,16 @@ def test_the_meta_agent_is_asked_again_by_each_episode_and_seeded_per_turn(tmp_p
         server.stop()
     assert all(len(set(episode)) == len(episode) for episode in seeds)  # a seed per turn and repair
     assert not set(seeds[0]) & set(seeds[1])  # and per episode
+
+
+def test_damaged_baselines_and_an_unwritable_out_are_one_line(finished_run, tmp_path):
+    server, env = finished_run
+    (tmp_path / "run" / "baselines.json").write_text('{"cot": {"valid_score": "high"')
+    done = optimize_cli(server, tmp_path, env=env, resume=True)
+    assert done.returncode == 2 and "baselines.json is damaged" in error_line(done)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = command(server, tmp_path, False)
+    args[args.index("--out") + 1] = str(blocker / "run")
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "cannot write --out" in error_line(done)

@@ -121,6 +121,11 @@ def test_cli_errors_are_one_line(tmp_path):
             "learning_rate=-1.0 is invalid",
             None,
         ),
+        (
+            ["--trajectories", str(good), "--base-model", str(tmp_path), "--output", str(good / "o")],
+            "cannot write --output",
+            "choose a writable path",
+        ),
     ]
     for args, message, more in cases:
         done = w4s(*args)

@@ -246,7 +246,7 @@ class Optimizer:
     async def baselines(self) -> dict[str, dict]:
         path = self.out / BASELINES
         if path.exists():
-            return json.loads(path.read_text())
+            return _read_baselines(path)
         scores = {}
         for name, source in workflows.examples(self.task.family).items():
             result = await self._evaluate(source, self.validation)
@@ -450,6 +450,25 @@ class Optimizer:
                 except _Stopped:
                     log.warning("the test split was not scored: %s", self.stopped)
         return write_report(self, baselines, best, test_result)
+
+
+def _read_baselines(path: Path) -> dict[str, dict]:
+    """The baselines of an earlier run of this folder; damage is one line, never a traceback."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not all(
+            isinstance(b, dict)
+            and isinstance(b.get("source"), str)
+            and type(b.get("valid_score")) in (int, float)
+            and 0 <= b["valid_score"] <= 1
+            for b in saved.values()
+        ):
+            raise ValueError("not a baselines record")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} is damaged ({type(exc).__name__}); delete it to evaluate the baselines again"
+        ) from None
+    return saved
 
 
 def _delta(before: dict, after: dict) -> dict:
