@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import math
 import random
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,20 +43,14 @@ class Score:
 class Task(ABC):
     """A benchmark: ``name``, ``family`` (math, reading or code), a description for the meta-agent.
 
-    Every subclass's ``score`` is wrapped (see ``__init_subclass__``) so that it only ever receives
-    the answer as bounded JSON data (:func:`plain_answer`); any other value scores 0 with the reason,
-    without reaching the task's own scoring code.
+    A task implements ``_load`` and ``_score``; ``score`` hands ``_score`` the answer only as bounded
+    JSON data (:func:`plain_answer`), and any other value scores 0 with the reason, without reaching
+    the task's own scoring code.
     """
 
     name: str
     family: str
     description: str
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("score")
-        if callable(own) and not getattr(own, "__isabstractmethod__", False):
-            cls.score = _scores_plain_answers(own)
 
     def load(self, split: str, data_dir: str | Path | None = None) -> list[Sample]:
         if split not in SPLITS:
@@ -68,9 +60,16 @@ class Task(ABC):
     @abstractmethod
     def _load(self, split: str, data_dir: Path) -> list[Sample]: ...
 
-    @abstractmethod
     def score(self, sample: Sample, answer: Any) -> Score:
-        """Score one answer (plain data from the sandbox) in 0..1."""
+        """Score one answer (whatever a workflow returned) in 0..1; never raises for an answer."""
+        plain, problem = plain_answer(answer)
+        if problem is not None:
+            return Score(0.0, problem)
+        return self._score(sample, plain)
+
+    @abstractmethod
+    def _score(self, sample: Sample, answer: Any) -> Score:
+        """Score an answer that :func:`plain_answer` made bounded JSON data."""
 
     def public_tests(self, sample: Sample) -> list[str]:
         """Visible tests a workflow may run (``assert candidate(...) == ...``); code tasks only."""
@@ -150,19 +149,6 @@ def _text(text: str) -> str:
         except UnicodeEncodeError:
             raise _NotPlain("text that is not valid Unicode (a lone surrogate)") from None
     return text
-
-
-def _scores_plain_answers(
-    score: Callable[[Task, Sample, Any], Score],
-) -> Callable[[Task, Sample, Any], Score]:
-    @functools.wraps(score)
-    def checked(self: Task, sample: Sample, answer: Any) -> Score:
-        plain, problem = plain_answer(answer)
-        if problem is not None:
-            return Score(0.0, problem)
-        return score(self, sample, plain)
-
-    return checked
 
 
 # --- data files: one reader per format; a damaged file is a one-line ConfigError with the line ------

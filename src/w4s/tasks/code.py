@@ -111,7 +111,7 @@ class _CodeTask(Task):
             )
         return self._expected[sample.id]
 
-    def score(self, sample: Sample, answer: Any) -> Score:
+    def _score(self, sample: Sample, answer: Any) -> Score:
         problem = self.problem(sample, answer)
         if problem is None:
             return Score(0.0, "the answer holds no code")

@@ -176,5 +176,5 @@ class DROP(Task):
         ]
         return protocol_split(samples, split)
 
-    def score(self, sample: Sample, answer: Any) -> Score:
+    def _score(self, sample: Sample, answer: Any) -> Score:
         return _drop_score(answer, sample.expected)

@@ -116,7 +116,7 @@ def numbers_match(answer: Any, expected: float) -> Score:
 class _MathTask(Task):
     family = "math"
 
-    def score(self, sample: Sample, answer: Any) -> Score:
+    def _score(self, sample: Sample, answer: Any) -> Score:
         return numbers_match(answer, float(sample.expected))
 
     def _load(self, split: str, data_dir: Path) -> list[Sample]:
