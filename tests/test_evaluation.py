@@ -232,8 +232,9 @@ def test_bad_arguments_give_one_clear_line(tmp_path, data_dir):
     assert unknown.returncode == 2 and "invalid choice: 'gsm9k'" in unknown.stderr
 
 
-async def _evaluate(source, task, server, samples, tmp_path, **cfg):
-    gateway = Gateway(GatewayConfig(base_url=server.url, cache_path="off"))
+async def run_evaluation(source, task, server, samples, sandbox=None, executor=None, **cfg):
+    """``evaluate`` in-process against the scripted server; ``executor``: GatewayConfig overrides."""
+    gateway = Gateway(GatewayConfig(base_url=server.url, cache_path="off", **(executor or {})))
     try:
         return await evaluate(
             source,
@@ -241,7 +242,7 @@ async def _evaluate(source, task, server, samples, tmp_path, **cfg):
             gateway,
             EvaluationConfig(**cfg),
             samples=samples,
-            sandbox=SandboxConfig(timeout_s=20),
+            sandbox=sandbox or SandboxConfig(timeout_s=20),
         )
     finally:
         await gateway.aclose()
@@ -252,9 +253,7 @@ def test_math_examples_run(name, executor_server, tmp_path, gsm8k_validation):
     task = get_task("gsm8k")
     samples = gsm8k_validation[:3]
     executor_server.script(rules=math_rules(samples))
-    result = asyncio.run(
-        _evaluate(workflows.examples("math")[name], task, executor_server, samples, tmp_path)
-    )
+    result = asyncio.run(run_evaluation(workflows.examples("math")[name], task, executor_server, samples))
     assert [s.error for s in result.samples] == [None] * 3
     assert result.score == 1.0
 
@@ -267,9 +266,7 @@ def test_code_examples_run(name, executor_server, tmp_path, data_dir):
         {"match": re.escape(s.task[:300]), "reply": f"```python\n{s.task}{s.expected}\n```"} for s in samples
     ]
     executor_server.script(rules=rules)
-    result = asyncio.run(
-        _evaluate(workflows.examples("code")[name], task, executor_server, samples, tmp_path)
-    )
+    result = asyncio.run(run_evaluation(workflows.examples("code")[name], task, executor_server, samples))
     assert [s.error for s in result.samples] == [None] * 3 and result.score == 1.0
 
 
@@ -282,9 +279,7 @@ def test_reading_examples_run(name, executor_server, tmp_path, data_dir):
         for s in samples
     ]
     executor_server.script(rules=rules)
-    result = asyncio.run(
-        _evaluate(workflows.examples("reading")[name], task, executor_server, samples, tmp_path)
-    )
+    result = asyncio.run(run_evaluation(workflows.examples("reading")[name], task, executor_server, samples))
     assert [s.error for s in result.samples] == [None] * 3 and result.score == 1.0
 
 
@@ -297,7 +292,7 @@ def test_feedback_text(executor_server, tmp_path, gsm8k_validation):
         'def solver(agent, task):\n    reply = agent.call_llm(task)[0]\n    if "know" in reply:\n'
         '        raise ValueError("no answer found")\n    return agent.extract_answer_str(reply)\n'
     )
-    result = asyncio.run(_evaluate(source, task, executor_server, samples, tmp_path))
+    result = asyncio.run(run_evaluation(source, task, executor_server, samples))
     text = build_feedback(result, samples)
     assert text.startswith("Accuracy on the validation set: 33.3% (4 of 12 samples).")
     assert "Here are 8 of the 8 samples it got wrong or failed:" in text
@@ -316,7 +311,7 @@ def test_code_feedback_never_quotes_hidden_tests(executor_server, tmp_path, data
     samples = task.load("validation", data_dir)[:2]
     executor_server.script(default="```python\ndef wrong():\n    return 0\n```")
     source = "def solver(agent, task):\n    return agent.extract_code_block(agent.call_llm(task)[0])\n"
-    result = asyncio.run(_evaluate(source, task, executor_server, samples, tmp_path))
+    result = asyncio.run(run_evaluation(source, task, executor_server, samples))
     text = build_feedback(result, samples)
     assert result.score == 0 and "failed the hidden tests" in text
     for sample in samples:

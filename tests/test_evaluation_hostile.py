@@ -12,11 +12,8 @@ import textwrap
 
 import pytest
 
-from tests.test_evaluation import evaluate_args, w4s
-from w4s.evaluation import EvaluationConfig, evaluate
+from tests.test_evaluation import evaluate_args, run_evaluation, w4s
 from w4s.feedback import build_feedback
-from w4s.llm.config import GatewayConfig
-from w4s.llm.gateway import Gateway
 from w4s.sandbox.config import SandboxConfig
 from w4s.tasks import get_task
 
@@ -32,21 +29,6 @@ def workflow_file(tmp_path, body: str, name: str = "workflow.py"):
 
 def result_json(tmp_path) -> dict:
     return json.loads((tmp_path / "result.json").read_text())
-
-
-async def _evaluate(source, task, server, samples, sandbox=None, executor=None, **cfg):
-    gateway = Gateway(GatewayConfig(base_url=server.url, cache_path="off", **(executor or {})))
-    try:
-        return await evaluate(
-            source,
-            task,
-            gateway,
-            EvaluationConfig(**cfg),
-            samples=samples,
-            sandbox=sandbox or SandboxConfig(),
-        )
-    finally:
-        await gateway.aclose()
 
 
 # --- budgets ---------------------------------------------------------------------------------------
@@ -111,7 +93,9 @@ def test_a_sample_stopped_by_the_budget_is_not_run_rather_than_wrong(executor_se
                 return '0'
         """
     )
-    result = asyncio.run(_evaluate(source, task, executor_server, samples, concurrency=1, budget_calls=3))
+    result = asyncio.run(
+        run_evaluation(source, task, executor_server, samples, concurrency=1, budget_calls=3)
+    )
     assert [o.not_run for o in result.samples] == [False, True, True, True]
     assert result.samples[1].error.startswith("not run: stopped while it ran, the call budget (3) is spent")
     assert not result.complete and result.score == result.samples[0].score
@@ -136,7 +120,7 @@ def test_an_executor_reply_larger_than_a_frame_is_an_error_for_that_call(executo
     )
     samples = task.load("validation", data_dir)[:1]
     result = asyncio.run(
-        _evaluate(source, task, executor_server, samples, sandbox=SandboxConfig(timeout_s=120))
+        run_evaluation(source, task, executor_server, samples, sandbox=SandboxConfig(timeout_s=120))
     )
     assert result.samples[0].error is None and result.samples[0].answer.startswith("ReplyTooLarge")
     assert result.usage.llm_calls == 1  # billed, and reported to the workflow at once
@@ -197,7 +181,7 @@ def test_hidden_test_inputs_reach_neither_results_nor_feedback(executor_server, 
     samples = task.load("validation", data_dir)[:6]
     codes = {s.task: LEAKY_CODE.format(entry=s.extra["entry_point"]) for s in samples}
     source = f"CODES = {codes!r}\n\ndef solver(agent, task):\n    return CODES[task]\n"
-    result = asyncio.run(_evaluate(source, task, executor_server, samples))
+    result = asyncio.run(run_evaluation(source, task, executor_server, samples))
     assert result.score == 0 and all(o.error in ("error", "failed") for o in result.samples)
     published = json.dumps(result.to_dict()) + build_feedback(result, samples)
     assert "Leak_" not in published
@@ -272,9 +256,11 @@ def test_the_code_scoring_time_limit_takes_effect(executor_server, tmp_path, dat
     entry = sample.extra["entry_point"]
     slow = f"{sample.expected}\n_inner = {entry}\ndef {entry}(*args):\n    import time\n    time.sleep(1.5)\n    return _inner(*args)\n"
     source = f"def solver(agent, task):\n    return {slow!r}\n"
-    default = asyncio.run(_evaluate(source, task, executor_server, [sample]))
+    default = asyncio.run(run_evaluation(source, task, executor_server, [sample]))
     tight = asyncio.run(
-        _evaluate(source, task, executor_server, [sample], sandbox=SandboxConfig(code_score_timeout_s=0.5))
+        run_evaluation(
+            source, task, executor_server, [sample], sandbox=SandboxConfig(code_score_timeout_s=0.5)
+        )
     )
     assert default.score == 1.0  # MBPP's own 10 s
     assert tight.score == 0.0 and tight.samples[0].error == "timeout"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
+from tests.test_evaluation import evaluate_args, w4s
 from w4s.errors import ConfigError
 from w4s.llm.cache import ResponseCache
 
@@ -69,33 +68,22 @@ def test_a_folder_or_a_file_in_the_way(tmp_path):
 def test_cli_corrupt_cache_is_one_line(executor_server, data_dir, tmp_path):
     path = tmp_path / "cache.sqlite"
     path.write_bytes(os.urandom(8192))
-    env = {**os.environ, "OPENAI_API_KEY": "x"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "w4s.cli",
-            "evaluate",
-            "cot",
-            "--task",
-            "gsm8k",
-            "--limit",
-            "1",
-            "--data-dir",
-            str(data_dir),
-            "--executor-base-url",
-            executor_server.url,
-            "--executor-model",
-            "scripted",
-            "--executor-cache-path",
-            str(path),
-            "--json",
-            str(tmp_path / "result.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+    done = w4s(
+        "evaluate",
+        "cot",
+        "--task",
+        "gsm8k",
+        "--limit",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        *evaluate_args(executor_server, tmp_path)[:2],
+        "--executor-model",
+        "scripted",
+        "--executor-cache-path",
+        str(path),
+        "--json",
+        str(tmp_path / "result.json"),
     )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
