@@ -8,6 +8,10 @@ It never stops a run: it becomes a score of 0 and feedback text for the meta-age
 
 ``ConfigError`` is a user error in arguments or configuration; it is reported like an
 infrastructure failure (one line, non-zero exit) but names the setting to fix.
+
+``BudgetExceeded`` is neither: the run's budget cannot cover the next request, so the request is
+not made. What it interrupts is marked as not run (never scored as the workflow's failure), and the
+run stops cleanly.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ class ConfigError(W4SError):
 
 class SandboxUnavailable(InfrastructureError):
     """The sandbox could not be started at all."""
+
+
+class BudgetExceeded(W4SError):
+    """The budget is spent (or cannot cover the next request's worst case): the request was not made."""
 
 
 class WorkflowError(W4SError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 import math
 import random
 import time
@@ -16,15 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from w4s.config import option, positive
-from w4s.errors import InfrastructureError
 from w4s.llm.gateway import Gateway
 from w4s.llm.limits import Budget, Usage
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
 from w4s.sandbox.workflow import SampleResult, WorkflowSandbox, run_lanes
-from w4s.tasks.base import Sample, Score, Task
+from w4s.tasks.base import Sample, Task
 
-log = logging.getLogger(__name__)
 # Answers larger than this (as they crossed from the sandbox) are scored off the event loop.
 _SCORE_INLINE_BYTES = 64 * 1024
 
@@ -252,25 +249,10 @@ async def _score(task: Task, sample: Sample, result: SampleResult) -> SampleOutc
         outcome.error_line = result.error.get("line")
         return outcome
     if task.family == "code" or result.answer_bytes >= _SCORE_INLINE_BYTES:
-        scored = await asyncio.to_thread(score_answer, task, sample, result.answer)
+        scored = await asyncio.to_thread(task.score, sample, result.answer)
     else:
-        scored = score_answer(task, sample, result.answer)
+        scored = task.score(sample, result.answer)
     outcome.score = scored.value
     if scored.value == 0 and scored.error:
         outcome.error = scored.error
     return outcome
-
-
-def score_answer(task: Task, sample: Sample, answer: Any) -> Score:
-    """``task.score``, and whatever an answer does to a scorer, a score: 0 when it cannot be scored."""
-    try:
-        scored = task.score(sample, answer)
-    except InfrastructureError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one answer never ends a run; the kind is logged, not the value
-        log.warning("scoring a %s answer of %s raised %s: scored 0", task.name, sample.id, type(exc).__name__)
-        return Score(0.0, f"the answer could not be scored ({type(exc).__name__})")
-    if not (0.0 <= scored.value <= 1.0):  # NaN fails this too
-        log.warning("the %s scorer gave %r for %s: scored 0", task.name, scored.value, sample.id)
-        return Score(0.0, "the answer could not be scored")
-    return scored

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from w4s.errors import InfrastructureError
+from w4s.errors import BudgetExceeded, InfrastructureError
 from w4s.llm.backends import Rejected
 from w4s.llm.config import GatewayConfig
 from w4s.llm.gateway import Gateway, build_messages
-from w4s.llm.limits import Budget, BudgetExceeded, RateLimiter
+from w4s.llm.limits import Budget, RateLimiter
 
 MESSAGES = [{"role": "user", "content": "2+2?"}]
 

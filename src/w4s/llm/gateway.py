@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from w4s.errors import ConfigError, InfrastructureError
+from w4s.errors import BudgetExceeded, ConfigError, InfrastructureError
 from w4s.llm.backends import (
     OPENAI_URL,
     Backend,
@@ -29,7 +29,7 @@ from w4s.llm.backends import (
 )
 from w4s.llm.cache import ResponseCache, request_key
 from w4s.llm.config import GatewayConfig
-from w4s.llm.limits import Budget, BudgetExceeded, RateLimiter, Usage
+from w4s.llm.limits import Budget, RateLimiter, Usage
 from w4s.llm.pricing import PriceTable
 
 log = logging.getLogger(__name__)

@@ -7,11 +7,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from w4s.errors import W4SError
-
-
-class BudgetExceeded(W4SError):
-    """The evaluation's budget is spent: the request was not made. Not an infrastructure failure."""
+from w4s.errors import BudgetExceeded
 
 
 class RateLimiter:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 from w4s import workflows
 from w4s.config import option, positive
-from w4s.errors import ConfigError
+from w4s.errors import BudgetExceeded, ConfigError
 from w4s.evaluation import EvaluationConfig, EvaluationResult, evaluate, select
 from w4s.feedback import build_feedback
 from w4s.llm.gateway import Gateway
-from w4s.llm.limits import Budget, BudgetExceeded
+from w4s.llm.limits import Budget
 from w4s.optimizer import prompts
 from w4s.optimizer.extraction import extract_workflow, static_check
 from w4s.optimizer.rewards import REWARD_KINDS, reward

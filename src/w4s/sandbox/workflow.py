@@ -19,8 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from w4s.errors import InfrastructureError, SandboxUnavailable
-from w4s.llm.limits import BudgetExceeded
+from w4s.errors import BudgetExceeded, InfrastructureError, SandboxUnavailable
 from w4s.sandbox.config import SandboxConfig
 from w4s.sandbox.host import Sandbox
 from w4s.sandbox.runtime import protocol
@@ -76,9 +75,8 @@ class SampleResult:
     output: str = ""
     wall_seconds: float = 0.0
     llm_calls: int = 0
-    stopped: str | None = (
-        None  # the host stopped serving the sample (budget spent): not the workflow's result
-    )
+    # Why the host stopped serving the sample (its budget is spent): then its result is not the workflow's.
+    stopped: str | None = None
     answer_bytes: int = 0  # size of the answer as it crossed (large answers are scored off the event loop)
     extra: dict = field(default_factory=dict)
 
@@ -104,9 +102,9 @@ class _Sample:
     @property
     def settled(self) -> bool:
         """Its result comes from what it sent (or from its stop), not from how its job ended."""
-        final = self.final
-        if self.stopped is not None or final is None:
-            return self.stopped is not None
+        if self.stopped is not None:
+            return True
+        final = self.final or {}
         return final.get("op") == "done" or (
             final.get("op") == "failed" and isinstance(final.get("error"), dict)
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import math
 import random
 import zlib
@@ -12,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from w4s.errors import ConfigError
+from w4s.errors import ConfigError, InfrastructureError
 from w4s.tasks import resolve_data_dir
 
+log = logging.getLogger(__name__)
 SPLITS = ("validation", "test")
 MAX_ANSWER_DEPTH = 64
 MAX_ANSWER_ITEMS = 100_000
@@ -61,11 +63,25 @@ class Task(ABC):
     def _load(self, split: str, data_dir: Path) -> list[Sample]: ...
 
     def score(self, sample: Sample, answer: Any) -> Score:
-        """Score one answer (whatever a workflow returned) in 0..1; never raises for an answer."""
+        """Score one answer (whatever a workflow returned) in 0..1. Never raises for an answer: one
+        that cannot be scored scores 0 and the run goes on (only infrastructure failures, such as a
+        code scorer's sandbox that cannot start, propagate)."""
         plain, problem = plain_answer(answer)
         if problem is not None:
             return Score(0.0, problem)
-        return self._score(sample, plain)
+        try:
+            scored = self._score(sample, plain)
+        except InfrastructureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one answer never ends a run; the kind is logged, not the value
+            log.warning(
+                "scoring a %s answer of %s raised %s: scored 0", self.name, sample.id, type(exc).__name__
+            )
+            return Score(0.0, f"the answer could not be scored ({type(exc).__name__})")
+        if not 0.0 <= scored.value <= 1.0:  # NaN fails this too
+            log.warning("the %s scorer gave %r for %s: scored 0", self.name, scored.value, sample.id)
+            return Score(0.0, "the answer could not be scored")
+        return scored
 
     @abstractmethod
     def _score(self, sample: Sample, answer: Any) -> Score:
