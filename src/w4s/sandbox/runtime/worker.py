@@ -305,10 +305,10 @@ class Zygote:
                 if message.get("op") == "spawn":
                     self.start_job(message, data, fds)
                 elif message.get("op") == "kill":
-                    if message.get("quiet"):
-                        self.quiet.add(message.get("id"))
                     for pid, (job, _uid) in list(self.running.items()):
                         if job == message.get("id"):
+                            if message.get("quiet"):  # only jobs still running: the set stays small
+                                self.quiet.add(job)
                             self.kill_job(pid)
                 else:
                     for fd in fds:
