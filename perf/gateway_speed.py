@@ -29,7 +29,7 @@ from tests.conftest import ScriptedServer  # noqa: E402
 
 from w4s.cli import settle_heap  # noqa: E402
 from w4s.evaluation import EvaluationConfig, evaluate  # noqa: E402
-from w4s.llm.config import GatewayConfig  # noqa: E402
+from w4s.llm.config import EndpointConfig  # noqa: E402
 from w4s.llm.gateway import Gateway  # noqa: E402
 from w4s.sandbox.config import SandboxConfig  # noqa: E402
 from w4s.tasks import get_task  # noqa: E402
@@ -44,7 +44,7 @@ ONE_CALL = "def solver(agent, task):\n    return agent.call_llm(task)[0]\n"
 
 
 async def timed(source: str, server: ScriptedServer, samples, concurrency: int) -> float:
-    gateway = Gateway(GatewayConfig(base_url=server.url, cache_path="off", concurrency=max(32, concurrency)))
+    gateway = Gateway(EndpointConfig(base_url=server.url, cache_path="off", concurrency=max(32, concurrency)))
     try:
         started = time.perf_counter()
         result = await evaluate(

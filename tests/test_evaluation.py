@@ -14,7 +14,7 @@ import pytest
 from w4s import workflows
 from w4s.evaluation import EvaluationConfig, evaluate, select
 from w4s.feedback import build_feedback
-from w4s.llm.config import GatewayConfig
+from w4s.llm.config import EndpointConfig
 from w4s.llm.gateway import Gateway
 from w4s.sandbox.config import SandboxConfig
 from w4s.tasks import get_task
@@ -233,8 +233,8 @@ def test_bad_arguments_give_one_clear_line(tmp_path, data_dir):
 
 
 async def run_evaluation(source, task, server, samples, sandbox=None, executor=None, **cfg):
-    """``evaluate`` in-process against the scripted server; ``executor``: GatewayConfig overrides."""
-    gateway = Gateway(GatewayConfig(base_url=server.url, cache_path="off", **(executor or {})))
+    """``evaluate`` in-process against the scripted server; ``executor``: EndpointConfig overrides."""
+    gateway = Gateway(EndpointConfig(base_url=server.url, cache_path="off", **(executor or {})))
     try:
         return await evaluate(
             source,

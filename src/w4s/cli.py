@@ -149,14 +149,14 @@ def cmd_evaluate(args) -> int:
 
     from w4s import config, workflows
     from w4s.evaluation import EvaluationConfig, evaluate
-    from w4s.llm.config import GatewayConfig
+    from w4s.llm.config import EndpointConfig
     from w4s.llm.gateway import Gateway
     from w4s.tasks import get_task
 
     task = get_task(args.task)
     eval_cfg = config.load(EvaluationConfig, None, config.overrides_from(args, EvaluationConfig))
     gateway_cfg = config.load(
-        GatewayConfig, args.executor_config, config.overrides_from(args, GatewayConfig, "executor-")
+        EndpointConfig, args.executor_config, config.overrides_from(args, EndpointConfig, "executor-")
     )
     sandbox_cfg = _sandbox_config(args)
     label, source = workflows.resolve(args.workflow, task.family)
@@ -236,18 +236,18 @@ def cmd_optimize(args) -> int:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from w4s import config
-    from w4s.llm.config import GatewayConfig
+    from w4s.llm.config import EndpointConfig
     from w4s.llm.gateway import Gateway
     from w4s.optimizer.loop import OptimizeConfig, Optimizer
 
     cfg = config.load(OptimizeConfig, args.optimize_config, config.overrides_from(args, OptimizeConfig))
     executor_cfg = config.load(
-        GatewayConfig, args.executor_config, config.overrides_from(args, GatewayConfig, "executor-")
+        EndpointConfig, args.executor_config, config.overrides_from(args, EndpointConfig, "executor-")
     )
-    meta_overrides = config.overrides_from(args, GatewayConfig, "meta-")
+    meta_overrides = config.overrides_from(args, EndpointConfig, "meta-")
     if meta_overrides["api_key_env"] is None:
         meta_overrides["api_key_env"] = "W4S_META_API_KEY,OPENAI_API_KEY"
-    meta_cfg = config.load(GatewayConfig, args.meta_config, meta_overrides)
+    meta_cfg = config.load(EndpointConfig, args.meta_config, meta_overrides)
     if meta_cfg.cache_path is None:
         # The meta-agent's replies are the data a run collects: a cache would replay an earlier episode's
         # (or an earlier model's) candidates. It is used only where a path is given explicitly.
@@ -392,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_sandbox_verify_humaneval)
 
     from w4s.evaluation import EvaluationConfig
-    from w4s.llm.config import GatewayConfig
+    from w4s.llm.config import EndpointConfig
     from w4s.tasks import task_names
 
     evaluate = commands.add_parser(
@@ -405,8 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--task", required=True, choices=task_names(), help="benchmark task")
     evaluate.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
     config.add_arguments(evaluate, EvaluationConfig)
-    config.add_arguments(evaluate, GatewayConfig, prefix="executor-")
-    evaluate.add_argument("--executor-config", help="YAML file with GatewayConfig fields for the executor")
+    config.add_arguments(evaluate, EndpointConfig, prefix="executor-")
+    evaluate.add_argument("--executor-config", help="YAML file with EndpointConfig fields for the executor")
     with_sandbox_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -423,10 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
     optimize.add_argument("--optimize-config", help="YAML file with OptimizeConfig fields")
     config.add_arguments(optimize, OptimizeConfig)
-    config.add_arguments(optimize, GatewayConfig, prefix="meta-")
-    optimize.add_argument("--meta-config", help="YAML file with GatewayConfig fields for the meta-agent")
-    config.add_arguments(optimize, GatewayConfig, prefix="executor-")
-    optimize.add_argument("--executor-config", help="YAML file with GatewayConfig fields for the executor")
+    config.add_arguments(optimize, EndpointConfig, prefix="meta-")
+    optimize.add_argument("--meta-config", help="YAML file with EndpointConfig fields for the meta-agent")
+    config.add_arguments(optimize, EndpointConfig, prefix="executor-")
+    optimize.add_argument("--executor-config", help="YAML file with EndpointConfig fields for the executor")
     with_sandbox_options(optimize)
     optimize.set_defaults(func=cmd_optimize)
 

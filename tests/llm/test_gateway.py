@@ -10,7 +10,7 @@ import pytest
 
 from w4s.errors import BudgetExceeded, InfrastructureError
 from w4s.llm.backends import Rejected
-from w4s.llm.config import GatewayConfig
+from w4s.llm.config import EndpointConfig
 from w4s.llm.gateway import Gateway, build_messages
 from w4s.llm.limits import Budget, RateLimiter
 
@@ -27,7 +27,7 @@ def gateway(server, tmp_path, **overrides) -> Gateway:
         "timeout_s": 5.0,
     }
     settings.update(overrides)
-    return Gateway(GatewayConfig(**settings))
+    return Gateway(EndpointConfig(**settings))
 
 
 def run(coro):
@@ -95,7 +95,7 @@ def test_dead_endpoint_fails_fast(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    gw = Gateway(GatewayConfig(base_url=f"http://127.0.0.1:{port}/v1", cache_path="off", backoff_s=0.05))
+    gw = Gateway(EndpointConfig(base_url=f"http://127.0.0.1:{port}/v1", cache_path="off", backoff_s=0.05))
     with pytest.raises(InfrastructureError, match=f"127.0.0.1:{port}/v1 is unreachable"):
         run(chat(gw, MESSAGES))
     assert gw.usage.retries == gw.cfg.connect_retries  # it gave up after its connect retries
@@ -197,7 +197,7 @@ def test_missing_key_for_openai_is_a_config_error(monkeypatch):
     for name in ("OPENAI_API_KEY", "W4S_EXECUTOR_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="no API key for https://api.openai.com/v1: set one of"):
-        Gateway(GatewayConfig(cache_path="off"))
+        Gateway(EndpointConfig(cache_path="off"))
 
 
 def test_hooks_see_every_answered_call(executor_server, tmp_path):

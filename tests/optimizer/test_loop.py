@@ -9,7 +9,7 @@ import pytest
 
 from tests.optimizer.scenario import HALF, LOOP, script
 from w4s.errors import ConfigError
-from w4s.llm.config import GatewayConfig
+from w4s.llm.config import EndpointConfig
 from w4s.llm.gateway import Gateway
 from w4s.optimizer.loop import OptimizeConfig, Optimizer
 from w4s.optimizer.rewards import reward
@@ -23,9 +23,9 @@ def optimize(server, out, data_dir, resume=False, max_tokens=None, **overrides):
 
     async def main():
         executor = Gateway(
-            GatewayConfig(base_url=server.url, cache_path=str(out / "executor.sqlite"), **limits)
+            EndpointConfig(base_url=server.url, cache_path=str(out / "executor.sqlite"), **limits)
         )
-        meta = Gateway(GatewayConfig(base_url=server.url, cache_path=str(out / "meta.sqlite")))
+        meta = Gateway(EndpointConfig(base_url=server.url, cache_path=str(out / "meta.sqlite")))
         settings = {
             "task": "gsm8k",
             "turns": 2,
@@ -176,8 +176,8 @@ def test_an_existing_run_needs_resume(finished, data_dir):
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         Optimizer(
             OptimizeConfig(),
-            Gateway(GatewayConfig(base_url="http://127.0.0.1:9/v1", cache_path="off")),
-            Gateway(GatewayConfig(base_url="http://127.0.0.1:9/v1", cache_path="off")),
+            Gateway(EndpointConfig(base_url="http://127.0.0.1:9/v1", cache_path="off")),
+            Gateway(EndpointConfig(base_url="http://127.0.0.1:9/v1", cache_path="off")),
             run,
             data_dir=data_dir,
         )

@@ -1,4 +1,8 @@
-"""Configuration of an LLM endpoint as the gateway uses it (executor or meta-agent)."""
+"""Configuration of an LLM endpoint as the gateway uses it: the executor's, or the meta-agent's.
+
+The public API names it for where it goes (``w4s.ExecutorConfig`` and ``w4s.MetaAgentConfig`` are this
+class); a pipeline configures both the same way.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from w4s.config import non_negative, option, positive
 
 
 @dataclass
-class GatewayConfig:
+class EndpointConfig:
     model: str = option(
         "gpt-4o-mini",
         "model name at the endpoint, or local:PATH for a local Hugging Face folder or GGUF file, "

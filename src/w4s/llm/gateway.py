@@ -28,7 +28,7 @@ from w4s.llm.backends import (
     estimate_tokens,
 )
 from w4s.llm.cache import ResponseCache, request_key
-from w4s.llm.config import GatewayConfig
+from w4s.llm.config import EndpointConfig
 from w4s.llm.limits import Budget, RateLimiter, Usage
 from w4s.llm.pricing import PriceTable
 
@@ -51,7 +51,7 @@ def api_key_from_env(names: str) -> str | None:
     return None
 
 
-def make_backend(cfg: GatewayConfig) -> Backend:
+def make_backend(cfg: EndpointConfig) -> Backend:
     if cfg.model.startswith("local:"):
         from w4s.llm.local import LocalBackend
 
@@ -101,8 +101,8 @@ class Gateway:
     ``usage`` accumulates over the gateway's life.
     """
 
-    def __init__(self, cfg: GatewayConfig | None = None, backend: Backend | None = None):
-        self.cfg = cfg or GatewayConfig()
+    def __init__(self, cfg: EndpointConfig | None = None, backend: Backend | None = None):
+        self.cfg = cfg or EndpointConfig()
         self.backend = backend or make_backend(self.cfg)
         self.model = self.cfg.model
         self.prices = PriceTable.load(self.cfg.prices_path)

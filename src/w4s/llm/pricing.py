@@ -12,7 +12,7 @@ from w4s.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Public list prices, USD per 1M tokens (input, output). Override with GatewayConfig.prices_path.
+# Public list prices, USD per 1M tokens (input, output). Override with EndpointConfig.prices_path.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4o": (2.50, 10.00),
