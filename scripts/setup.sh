@@ -29,4 +29,4 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # torch first and pinned, so that no dependency pulls a multi-GB CUDA build onto a CPU machine.
 .venv/bin/python -m pip install -q 'torch==2.13.0'
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[all,dev]'
