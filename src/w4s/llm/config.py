@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from w4s.config import non_negative, option, positive
+from w4s.llm.models import DTYPES
 
 
 @dataclass
@@ -67,3 +68,10 @@ class EndpointConfig:
         "under the same name never answers from its predecessor's cache (local models: found automatically)",
     )
     local_batch_size: int = option(8, "local backend: requests generated together", positive)
+    local_dtype: str = option(
+        "auto",
+        "local backend: weights' dtype; auto is bfloat16 on a GPU that supports it, else float16 on a GPU, "
+        "else float32 on the CPU",
+        lambda v: v in DTYPES,
+        f"must be one of {', '.join(DTYPES)}",
+    )

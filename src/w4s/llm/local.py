@@ -2,78 +2,26 @@
 
 ``local:PATH`` names a Hugging Face model folder or a ``.gguf`` file; ``local:NAME`` a model pulled
 with ``w4s models pull NAME``. Concurrent requests with the same sampling parameters are batched
-into one ``generate`` call (left padding), which is where a CPU or a GPU earns its throughput.
+into one ``generate`` call (left padding), which is where a CPU or a GPU earns its throughput; a
+request for ``n`` completions is ``n`` rows of that batch. The model loads in the endpoint's
+``local_dtype`` (``auto``: bfloat16 or float16 on a GPU, float32 on the CPU). Loading and the model
+catalogue live in :mod:`w4s.llm.models`; this module needs the ``local`` extra.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from w4s.errors import ConfigError
+from w4s.extras import require
 from w4s.llm.backends import Completion
+from w4s.llm.models import fingerprint, load, pick_dtype, resolve
 
 log = logging.getLogger(__name__)
 
 _BATCH_WINDOW_S = 0.01
-
-
-def resolve(model: str) -> Path:
-    """The folder or GGUF file that ``local:...`` names."""
-    from w4s.llm import models
-
-    ref = model.removeprefix("local:")
-    if ref in models.KNOWN:
-        path = models.model_dir(ref)
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model {ref!r} is not pulled yet; run `w4s models pull {ref}`")
-        return path
-    path = Path(ref).expanduser().resolve()
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
-    if path.is_file() and path.suffix == ".gguf":
-        return path
-    raise ConfigError(
-        f"local model {ref!r} is neither a pulled model ({', '.join(models.KNOWN)}), a Hugging Face folder with "
-        "config.json, nor a .gguf file"
-    )
-
-
-def fingerprint(path: Path) -> str:
-    """The revision of a local model, for cache keys: a retrained checkpoint saved in the same place
-    gets a new one (sizes and modification times of its files, hashed; no weights are read)."""
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
-
-
-def load(path: Path):
-    """(model, tokenizer) from a folder or a GGUF file, in float32 on the CPU or the first GPU."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {}
-    folder = path
-    if path.suffix == ".gguf":
-        folder, kwargs = path.parent, {"gguf_file": path.name}
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    model.eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return model, tokenizer
 
 
 @dataclass
@@ -85,21 +33,27 @@ class _Job:
 
 
 class LocalBackend:
-    def __init__(self, model: str, batch_size: int = 8):
+    """``local:...`` generating in-process; ``dtype`` is one of :data:`w4s.llm.models.DTYPES`."""
+
+    def __init__(self, model: str, batch_size: int = 8, dtype: str = "auto"):
+        require("local", "torch", "transformers")
         self.model = model
         self.path = resolve(model)
-        self.identity = f"local:{self.path}@{fingerprint(self.path)}"
+        self.dtype = pick_dtype(dtype)
+        # a model in another dtype answers differently: its cache entries are its own
+        self.identity = f"local:{self.path}@{fingerprint(self.path)}:{self.dtype}"
         self.batch_size = batch_size
         self._loaded = None
         self._load_lock = threading.Lock()
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
 
-    def _ensure_loaded(self):
+    def loaded(self):
+        """(model, tokenizer), loaded on first use."""
         with self._load_lock:
             if self._loaded is None:
-                log.info("loading local model %s", self.path)
-                self._loaded = load(self.path)
+                log.info("loading local model %s in %s", self.path, self.dtype)
+                self._loaded = load(self.path, self.dtype)
             return self._loaded
 
     async def generate(
@@ -142,18 +96,20 @@ class LocalBackend:
                     job.future.set_result(result)
 
     def _generate(self, batch: list[_Job]) -> list[Completion]:
+        """One ``generate`` call for the batch: each prompt is a row repeated ``n`` times for its own
+        ``n``, so requests with different ``n`` share the call and it makes exactly the sequences
+        asked for (never ``max(n)`` for every request)."""
         import torch
 
-        model, tokenizer = self._ensure_loaded()
+        model, tokenizer = self.loaded()
         temperature, max_tokens, seed = batch[0].params
-        prompts = [
-            tokenizer.apply_chat_template(job.messages, add_generation_prompt=True, tokenize=False)
-            for job in batch
-        ]
+        prompts = []
+        for job in batch:
+            text = tokenizer.apply_chat_template(job.messages, add_generation_prompt=True, tokenize=False)
+            prompts += [text] * job.n
         encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             model.device
         )
-        widest = max(job.n for job in batch)
         if seed is not None:
             torch.manual_seed(seed)
         sample = temperature > 0
@@ -165,19 +121,19 @@ class LocalBackend:
                 temperature=temperature if sample else None,
                 top_p=None,
                 top_k=None,
-                num_return_sequences=widest,
                 pad_token_id=tokenizer.pad_token_id,
             )
         prompt_width = encoded["input_ids"].shape[1]
-        results = []
-        for row, job in enumerate(batch):
+        results, row = [], 0
+        for job in batch:
+            prompt_tokens = int(encoded["attention_mask"][row].sum())
             texts, completion_tokens = [], 0
-            for k in range(job.n):
-                generated = output[row * widest + k, prompt_width:]
+            for _ in range(job.n):
+                generated = output[row, prompt_width:]
                 keep = generated[generated != tokenizer.pad_token_id]
                 completion_tokens += int(keep.numel())
                 texts.append(tokenizer.decode(keep, skip_special_tokens=True))
-            prompt_tokens = int(encoded["attention_mask"][row].sum())
+                row += 1
             results.append(Completion(texts, prompt_tokens, completion_tokens))
         return results
 

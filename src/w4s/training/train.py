@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from w4s.errors import ConfigError, InfrastructureError
+from w4s.extras import require
 from w4s.training.config import TrainConfig
 from w4s.training.dataset import Collator, build_examples, read_records, tokenize
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def load_base(cfg: TrainConfig):
+    require("train", "torch", "transformers")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -74,6 +76,7 @@ def _report_to(cfg: TrainConfig) -> list[str]:
 
 
 def main(cfg: TrainConfig, trajectories: list[str]) -> dict:
+    require("train", "torch", "transformers", "accelerate", "peft")
     import torch
     from transformers import TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
