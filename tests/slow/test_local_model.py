@@ -102,6 +102,86 @@ def test_local_backend_batches_and_counts(model_cache, monkeypatch):
     assert all(c.prompt_tokens > 5 and 0 < c.completion_tokens <= 24 for c in completions)
 
 
+def test_local_backend_generates_exactly_the_sequences_asked_for(model_cache, monkeypatch):
+    """Requests for 1 and 3 completions at once get 1 and 3, and the model is never run on more rows
+    than the 4 asked for (generating max(n) for each request would run 6); observed with a forward
+    hook on the real model."""
+    import asyncio
+
+    from w4s.llm.local import LocalBackend
+
+    if model_cache:
+        monkeypatch.setenv("W4S_CACHE_DIR", model_cache)
+    backend = LocalBackend("local:smollm2-135m", batch_size=4)
+    model, _ = backend.loaded()
+    rows = []
+
+    def count_rows(module, args, kwargs):
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        rows.append(ids.shape[0])
+
+    hook = model.register_forward_pre_hook(count_rows, with_kwargs=True)
+
+    async def scenario():
+        try:
+            return await asyncio.gather(
+                *(
+                    backend.generate(
+                        [{"role": "user", "content": f"Name a colour ({n})."}],
+                        n=n,
+                        temperature=0.7,
+                        max_tokens=4,
+                        json_mode=False,
+                        seed=3,
+                    )
+                    for n in (1, 3)
+                )
+            )
+        finally:
+            await backend.aclose()
+
+    try:
+        one, three = asyncio.run(scenario())
+    finally:
+        hook.remove()
+    assert (len(one.texts), len(three.texts)) == (1, 3)
+    assert 0 < one.completion_tokens <= 4 and 0 < three.completion_tokens <= 12
+    assert rows and max(rows) <= 4
+
+
+def test_local_backend_in_bfloat16_on_the_cpu(model_cache, monkeypatch):
+    import asyncio
+
+    import torch
+
+    from w4s.llm.local import LocalBackend
+
+    if model_cache:
+        monkeypatch.setenv("W4S_CACHE_DIR", model_cache)
+    backend = LocalBackend("local:smollm2-135m", dtype="bfloat16")
+    full = LocalBackend("local:smollm2-135m", dtype="float32")
+    assert backend.identity != full.identity  # its answers are cached apart from another dtype's
+
+    async def scenario():
+        try:
+            return await backend.generate(
+                [{"role": "user", "content": "Say hi."}],
+                n=2,
+                temperature=0.0,
+                max_tokens=4,
+                json_mode=False,
+                seed=None,
+            )
+        finally:
+            await backend.aclose()
+
+    completion = asyncio.run(scenario())
+    model, _ = backend.loaded()
+    assert model.dtype == torch.bfloat16
+    assert len(completion.texts) == 2 and completion.texts[0] == completion.texts[1]
+    assert completion.prompt_tokens > 3 and 0 < completion.completion_tokens <= 8
+
+
 def test_optimize_with_the_local_model_as_meta_agent_and_executor(model_cache, tmp_path, data_dir):
     env = {**os.environ}
     if model_cache:
