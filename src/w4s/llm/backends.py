@@ -14,7 +14,14 @@ from typing import Protocol
 import openai
 
 from w4s.errors import InfrastructureError
-from w4s.llm.transport import StreamTransport, httpx, proxy_configured
+from w4s.llm.transport import (
+    MAX_RESPONSE_BYTES,
+    ResponseTooLarge,
+    StreamTransport,
+    httpx,
+    proxy_configured,
+    read_json,
+)
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -99,25 +106,38 @@ def estimate_tokens(text: str) -> int:
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible chat completions endpoint (OpenAI, vLLM, llama.cpp, Ollama, ...)."""
+    """Any OpenAI-compatible chat completions endpoint (OpenAI, vLLM, llama.cpp, Ollama, ...).
+
+    A reply body over ``max_response_bytes`` (on the wire or decoded) fails its request with
+    :class:`Rejected`: the workflow sees the error, nothing is retried.
+    """
 
     def __init__(
-        self, model: str, base_url: str, api_key: str | None, timeout_s: float, connections: int = 32
+        self,
+        model: str,
+        base_url: str,
+        api_key: str | None,
+        timeout_s: float,
+        connections: int = 32,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self.model = model
+        self.max_response_bytes = max_response_bytes
         self.base_url = base_url.rstrip("/")
         self.identity = f"{self.base_url}|{model}"
         self._official = self.base_url.startswith(OPENAI_URL)
         verify = _shared_tls_context() if self.base_url.startswith("https://") else None
         if proxy_configured(self.base_url):
             # The environment routes this endpoint through a proxy: the client's own transport
-            # knows how; ours does not.
+            # knows how; ours does not. Replies are still capped, as generate reads them.
             http_client = openai.DefaultAsyncHttpxClient(
                 limits=httpx.Limits(max_connections=connections), verify=verify or False
             )
         else:
             http_client = openai.DefaultAsyncHttpxClient(
-                transport=StreamTransport(verify, max_connections=connections)
+                transport=StreamTransport(
+                    verify, max_connections=connections, max_response_bytes=max_response_bytes
+                )
             )
         self.client = openai.AsyncOpenAI(
             api_key=api_key or "unused",
@@ -146,14 +166,21 @@ class OpenAIBackend:
         try:
             # The client's generic POST: same transport, errors and headers as
             # chat.completions.create, without its per-request parameter and model transforms,
-            # which cost more CPU than everything else on the host at high request rates.
-            raw = await self.client.post("/chat/completions", cast_to=httpx.Response, body=kwargs)
-            response = raw.json()
+            # which cost more CPU than everything else on the host at high request rates. The body
+            # is left unread by the client (stream=True) and read here under the cap.
+            raw = await self.client.post(
+                "/chat/completions", cast_to=httpx.Response, body=kwargs, stream=True
+            )
+            response = await read_json(raw, self.max_response_bytes)
+        except ResponseTooLarge:
+            raise self._too_large() from None
         except openai.RateLimitError as exc:
             raise Retryable("rate limited (429)", _retry_after(exc.response)) from None
         except openai.APITimeoutError:
             raise Retryable("the request timed out") from None
         except openai.APIConnectionError as exc:
+            if isinstance(exc.__cause__, ResponseTooLarge):  # capped by our transport
+                raise self._too_large() from None
             raise Unreachable(str(exc.__cause__ or exc)) from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise InfrastructureError(
@@ -168,8 +195,13 @@ class OpenAIBackend:
             raise Rejected(f"the executor refused the request ({exc.status_code}): {_brief(exc)}") from None
         except openai.APIStatusError as exc:
             raise Retryable(f"server error ({exc.status_code})", _retry_after(exc.response)) from None
-        except (openai.APIResponseValidationError, ValueError) as exc:
+        except (openai.APIResponseValidationError, ValueError, httpx.DecodingError) as exc:
             raise Retryable(f"malformed reply: {type(exc).__name__}") from None
+        # Failures while the body streams in (only the client's own transport streams it).
+        except httpx.TimeoutException:
+            raise Retryable("the request timed out") from None
+        except httpx.RequestError as exc:
+            raise Unreachable(str(exc)) from None
         choices = response.get("choices") if isinstance(response, dict) else None
         if not isinstance(choices, list) or not choices:
             raise Retryable("malformed reply: no choices")
@@ -180,6 +212,12 @@ class OpenAIBackend:
             raise Retryable("malformed reply: choices without messages") from None
         usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
         return Completion(texts, usage.get("prompt_tokens"), usage.get("completion_tokens"))
+
+    def _too_large(self) -> Rejected:
+        return Rejected(
+            f"the executor's reply is over {self.max_response_bytes} bytes; ask for fewer or shorter "
+            "completions (or raise the backend's max_response_bytes)"
+        )
 
     async def aclose(self) -> None:
         await self.client.close()

@@ -1,31 +1,75 @@
-"""A lean HTTP/1.1 transport for the official ``openai`` client, on plain asyncio streams.
+"""A lean HTTP/1.1 transport for the official ``openai`` client, on asyncio's public protocol API.
 
-The ``openai`` client talks HTTP through ``httpx`` and ``httpcore``; on a small machine their
-connection pool and I/O layers cost about a millisecond of host CPU per request, more than the rest
-of an ``agent.call_llm`` round trip together. This transport plugs in below the client (the client,
-its request building, errors and retries are unchanged) and does what a chat endpoint needs: one
-write per request, keep-alive connections reused last-in first-out, Content-Length and chunked
-bodies, TLS, and the client's connect/read/write/pool timeouts.
+The ``openai`` client talks HTTP through ``httpx`` (``httpx2`` from openai 3) and its ``httpcore``;
+on a small machine their connection pool and I/O layers cost about 0.4 ms more host CPU per request
+than this transport does (docs/performance.md), as much as the rest of an ``agent.call_llm`` round
+trip together. This transport plugs in below the client through the library's public transport
+interface (the client, its request building, errors and retries are unchanged) and does what a chat
+endpoint needs: one write per request, keep-alive connections reused last-in first-out (with one
+transparent retry when a kept-alive connection turns out dead), Content-Length, chunked and
+close-delimited bodies, 1xx responses skipped, TLS, and the client's connect/read/write/pool
+timeouts.
 
-Bodies are read whole before the response is returned (w4s never streams completions); encoded
-bodies (gzip) are decoded by the client as usual. Proxies are not supported here: the backend keeps
-the client's default transport when one is configured for the endpoint.
+It is built on public interfaces only: ``AsyncBaseTransport``, ``Response`` and the exception types
+of the HTTP library, and ``asyncio.Protocol`` with ``loop.create_connection`` (the protocol owns its
+receive buffer, so it can tell an idle connection that received bytes out of turn).
+
+Everything a server sends is bounded: the head (status line and headers) to 64 KiB, 16 KiB a line
+and 100 lines (a chunked body's trailers and chunk-size lines likewise), and the body to
+``max_response_bytes`` (64 MiB by default), counted as it arrives, whatever delimits it. An
+oversized body fails the request with :class:`ResponseTooLarge`; an oversized head is a protocol
+error. Bodies are read whole before the response is returned (w4s never streams completions) and
+handed to the client in pieces of 16 KiB, so that encoded bodies (gzip, decoded by the client as
+usual) decode piece by piece and a reader such as :func:`read_json` can stop at its own cap.
+Proxies are not supported here: the backend keeps the client's default transport when one is
+configured for the endpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import ssl
 import urllib.request
-from dataclasses import dataclass
 
-from openai import _base_client
+import openai
 
-httpx = getattr(_base_client, "httpx2", None) or _base_client.httpx  # httpx, or httpx2 in openai 3.x
 
-_MAX_HEAD = 1 << 16  # status line and headers
+def _http_library():
+    """The HTTP library the installed ``openai`` client is built on: ``httpx2`` (openai 3) or
+    ``httpx`` (openai 1 and 2). A transport must return that library's responses and raise its
+    exceptions, or the client neither reads the one nor maps the others."""
+    try:
+        import httpx2
+    except ImportError:
+        pass
+    else:
+        if issubclass(openai.DefaultAsyncHttpxClient, httpx2.AsyncClient):
+            return httpx2
+    import httpx
+
+    return httpx
+
+
+httpx = _http_library()
+
+MAX_RESPONSE_BYTES = 64 << 20  # default cap on a response body
+_MAX_HEAD = 64 << 10  # status line and headers together
+_MAX_LINE = 16 << 10  # one header line, or a chunk-size line
+_MAX_HEADERS = 100  # header lines (and trailer lines)
+_PIECE = 16 << 10  # a body is handed to the client in pieces of this size
+_READ_HIGH_WATER = 1 << 20  # buffered bytes nobody asked for yet: stop reading the socket
 _NO_BODY_STATUS = {204, 304}
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_STATUS = re.compile(rb"[1-9][0-9][0-9]")
+
+
+class ResponseTooLarge(httpx.TransportError):
+    """The response body is over the transport's cap: the request fails and the connection is
+    dropped (the client reports it as a connection error whose cause is this exception)."""
 
 
 def proxy_configured(url: str) -> bool:
@@ -37,30 +81,166 @@ def proxy_configured(url: str) -> bool:
     return not urllib.request.proxy_bypass(parsed.host)
 
 
-@dataclass
-class _Connection:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    reused: bool = False
+class _Closed(Exception):
+    """The connection ended before the bytes asked for arrived."""
 
-    def usable(self) -> bool:
-        """Not closed by either side, and no stray bytes arrived while idle (a server that speaks out
-        of turn has lost track of the exchange)."""
-        return not (self.writer.is_closing() or self.reader.at_eof() or len(self.reader._buffer))
 
-    def close(self) -> None:
-        self.writer.close()
+class _HeadTooLarge(Exception):
+    """A line or head is over its limit."""
 
 
 class _Stale(Exception):
     """A kept-alive connection was closed by the server before it answered."""
 
 
+class _Wire(asyncio.Protocol):
+    """One connection: receives into its own buffer, wakes the one reader waiting on it, and tells
+    whether it can be reused. Any byte that arrives while it idles in the pool closes it: a server
+    that speaks out of turn has lost track of the exchange."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.ended = False  # the server closed its side, or the connection was lost
+        self.idle = False  # in the pool, between exchanges
+        self.reused = False
+        self.waiter: asyncio.Future | None = None
+        self.drained: asyncio.Future | None = None
+        self.write_paused = False
+        self.read_paused = False
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:
+            self.transport.close()
+            return
+        self.buffer += data
+        if len(self.buffer) > _READ_HIGH_WATER and self.waiter is None and not self.read_paused:
+            self.read_paused = True  # resumed when the reader asks for more
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        self._wake()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # used by the transport
+
+    def usable(self) -> bool:
+        return not (self.ended or self.buffer or self.transport.is_closing())
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def send(self, data: bytes) -> None:
+        if self.ended or self.transport.is_closing():
+            raise _Closed
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        while self.write_paused and not self.ended:
+            self.drained = self.loop.create_future()
+            await self.drained
+        if self.ended:
+            raise _Closed
+
+    async def _more(self) -> None:
+        """Wait until more bytes arrive; :class:`_Closed` if the connection has ended."""
+        if self.ended:
+            raise _Closed
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.waiter = self.loop.create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def until(self, separator: bytes, limit: int) -> bytes:
+        """The bytes up to and including ``separator``, at most ``limit`` of them."""
+        buffer = self.buffer
+        start = 0
+        while True:
+            end = buffer.find(separator, start)
+            if end >= 0:
+                end += len(separator)
+                break
+            if len(buffer) > limit:
+                raise _HeadTooLarge
+            start = max(0, len(buffer) - len(separator) + 1)
+            await self._more()
+        if end > limit:
+            raise _HeadTooLarge
+        data = bytes(buffer[:end])
+        del buffer[:end]
+        return data
+
+    async def exactly(self, n: int) -> bytes:
+        buffer = self.buffer
+        while len(buffer) < n:
+            await self._more()
+        data = bytes(buffer[:n])
+        del buffer[:n]
+        return data
+
+    async def some(self) -> bytes:
+        """What has arrived (waiting for something if nothing has); ``b""`` at the end."""
+        buffer = self.buffer
+        while not buffer:
+            if self.ended:
+                return b""
+            await self._more()
+        data = bytes(buffer)
+        buffer.clear()
+        return data
+
+
+class _Body(httpx.AsyncByteStream):
+    """A body read whole, handed out in pieces of ``_PIECE`` bytes."""
+
+    def __init__(self, content: bytes):
+        self.content = content
+
+    async def __aiter__(self):
+        content = self.content
+        if len(content) <= _PIECE:
+            yield content
+            return
+        view = memoryview(content)
+        for start in range(0, len(content), _PIECE):
+            yield bytes(view[start : start + _PIECE])
+
+
 class StreamTransport(httpx.AsyncBaseTransport):
-    """``httpx`` transport over asyncio streams; one per client.
+    """HTTP/1.1 transport over asyncio connections; one per client.
 
     ``max_connections`` caps open connections (requests beyond it wait, up to the pool timeout);
-    up to ``max_keepalive`` idle ones are kept per host.
+    up to ``max_keepalive`` idle ones are kept per host. A response body over
+    ``max_response_bytes`` fails its request with :class:`ResponseTooLarge`.
     """
 
     def __init__(
@@ -68,13 +248,17 @@ class StreamTransport(httpx.AsyncBaseTransport):
         ssl_context: ssl.SSLContext | None = None,
         max_connections: int = 32,
         max_keepalive: int | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
-        self._ssl = ssl_context
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if max_response_bytes < 0:
+            raise ValueError("max_response_bytes must not be negative")
+        self._ssl = ssl_context
         self._slots = asyncio.Semaphore(max_connections)
         self._max_idle = max_connections if max_keepalive is None else max_keepalive
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._max_body = max_response_bytes
+        self._idle: dict[tuple[str, str, int], list[_Wire]] = {}
         self._closed = False
 
     async def handle_async_request(self, request):
@@ -95,101 +279,112 @@ class StreamTransport(httpx.AsyncBaseTransport):
         url = request.url
         key = (url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 80))
         for _attempt in range(2):
-            connection = await self._connection(key, timeouts)
+            wire = await self._connection(key, timeouts)
             try:
                 status, reason, headers, content, keep = await self._roundtrip(
-                    connection, request.method, data, timeouts
+                    wire, request.method, data, timeouts
                 )
             except _Stale:
-                connection.close()
+                wire.close()
                 continue  # the server dropped an idle connection: one more try on a fresh one
             except BaseException:
-                connection.close()
+                wire.close()
                 raise
-            if keep and not self._closed:
-                self._release(key, connection)
+            if keep and not self._closed and wire.usable():
+                self._release(key, wire)
             else:
-                connection.close()
+                wire.close()
             return httpx.Response(
                 status,
                 headers=headers,
-                stream=httpx.ByteStream(content),
+                stream=_Body(content),
                 extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
             )
         raise httpx.RemoteProtocolError("the server closed the connection without answering")
 
-    async def _connection(self, key: tuple[str, str, int], timeouts: dict) -> _Connection:
+    async def _connection(self, key: tuple[str, str, int], timeouts: dict) -> _Wire:
         idle = self._idle.get(key)
         while idle:
-            connection = idle.pop()
-            if connection.usable():
-                connection.reused = True
-                return connection
-            connection.close()
+            wire = idle.pop()
+            wire.idle = False
+            if wire.usable():
+                wire.reused = True
+                return wire
+            wire.close()
         scheme, host, port = key
         tls = None
         if scheme == "https":
             tls = self._ssl or ssl.create_default_context()
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeouts.get("connect")):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None, limit=_MAX_HEAD
+                _, wire = await loop.create_connection(
+                    _Wire, host, port, ssl=tls, server_hostname=host if tls else None
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc}") from None
-        return _Connection(reader, writer)
+        return wire
 
-    def _release(self, key: tuple[str, str, int], connection: _Connection) -> None:
+    def _release(self, key: tuple[str, str, int], wire: _Wire) -> None:
         idle = self._idle.setdefault(key, [])
         if len(idle) >= self._max_idle:
-            connection.close()
+            wire.close()
         else:
-            idle.append(connection)
+            wire.idle = True
+            idle.append(wire)
 
-    async def _roundtrip(self, connection: _Connection, method: str, data: bytes, timeouts: dict):
-        reader, writer = connection.reader, connection.writer
+    async def _roundtrip(self, wire: _Wire, method: str, data: bytes, timeouts: dict):
         try:
-            writer.write(data)
-            async with asyncio.timeout(timeouts.get("write")):
-                await writer.drain()
+            wire.send(data)
+            if wire.write_paused:
+                async with asyncio.timeout(timeouts.get("write")):
+                    await wire.drain()
         except TimeoutError:
             raise httpx.WriteTimeout("sending the request timed out") from None
-        except OSError as exc:
-            if connection.reused:
+        except _Closed:
+            if wire.reused:
                 raise _Stale from None
-            raise httpx.WriteError(f"sending the request failed: {exc}") from None
+            raise httpx.WriteError("the connection closed while the request was being sent") from None
         try:
             async with asyncio.timeout(timeouts.get("read")):
+                answered = False
                 while True:
                     try:
-                        head = await reader.readuntil(b"\r\n\r\n")
-                    except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                        if connection.reused and not getattr(exc, "partial", b""):
+                        head = await wire.until(b"\r\n\r\n", _MAX_HEAD)
+                    except _Closed:
+                        if wire.reused and not answered and not wire.buffer:
                             raise _Stale from None
                         raise httpx.RemoteProtocolError(
                             "the server closed the connection without answering"
                         ) from None
                     line, headers = _parse_head(head)
                     status, reason = _status_line(line)
+                    answered = True
                     if status >= 200 or status == 101:
                         break  # 1xx (100 Continue, 103 Early Hints) precede the real response
-                content, complete = await _read_body(reader, method, status, headers)
+                content, complete = await _read_body(wire, method, status, headers, self._max_body)
         except TimeoutError:
             raise httpx.ReadTimeout("the server did not answer within the read timeout") from None
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError) as exc:
+        except _HeadTooLarge:
             raise httpx.RemoteProtocolError(
-                f"malformed or truncated response: {type(exc).__name__}"
+                f"the response head is over {_MAX_HEAD} bytes, {_MAX_LINE} a line or {_MAX_HEADERS} "
+                "lines; check that the base URL points at an OpenAI-compatible server"
             ) from None
-        keep = complete and _keep_alive(line, headers)
+        except (_Closed, ValueError) as exc:
+            what = "truncated" if isinstance(exc, _Closed) else "malformed"
+            raise httpx.RemoteProtocolError(
+                f"{what} response; check that the base URL points at an OpenAI-compatible server"
+            ) from None
+        keep = complete and status != 101 and _keep_alive(line, headers)
         return status, reason, headers, content, keep
 
     async def aclose(self) -> None:
         self._closed = True
         for idle in self._idle.values():
-            for connection in idle:
-                connection.close()
+            for wire in idle:
+                wire.close()
         self._idle.clear()
 
 
@@ -213,20 +408,28 @@ def _request_head(request, body_length: int) -> bytes:
 
 def _status_line(line: bytes) -> tuple[int, bytes]:
     parts = line.split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not _STATUS.fullmatch(parts[1]):
         raise ValueError("not an HTTP/1.x status line")
     return int(parts[1]), parts[2] if len(parts) > 2 else b""
 
 
 def _parse_head(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     lines = head[:-4].split(b"\r\n")
+    return lines[0], _header_fields(lines[1:])
+
+
+def _header_fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    if len(lines) > _MAX_HEADERS:
+        raise _HeadTooLarge
     headers = []
-    for raw in lines[1:]:
+    for raw in lines:
+        if len(raw) > _MAX_LINE:
+            raise _HeadTooLarge
         name, sep, value = raw.partition(b":")
         if not sep:
             raise ValueError("malformed header line")
         headers.append((name.strip(), value.strip()))
-    return lines[0], headers
+    return headers
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -236,27 +439,67 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     return None
 
 
-async def _read_body(reader: asyncio.StreamReader, method: str, status: int, headers) -> tuple[bytes, bool]:
+def _too_large(limit: int) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"the response body is over the {limit}-byte cap; raise max_response_bytes if the endpoint's "
+        "replies are really this large"
+    )
+
+
+async def _read_body(wire: _Wire, method: str, status: int, headers, limit: int) -> tuple[bytes, bool]:
     """The body, and whether it ended at a known boundary (so the connection may be reused)."""
     if method == "HEAD" or status in _NO_BODY_STATUS or status < 200:
         return b"", True
     encoding = _header(headers, b"transfer-encoding")
     if encoding is not None and b"chunked" in encoding.lower():
-        parts = []
-        while True:
-            size_line = await reader.readuntil(b"\r\n")
-            size = int(size_line.split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                    pass
-                return b"".join(parts), True
-            parts.append(await reader.readexactly(size))
-            if await reader.readexactly(2) != b"\r\n":
-                raise ValueError("malformed chunk")
-    length = _header(headers, b"content-length")
+        return await _read_chunked(wire, limit), True
+    length = _content_length(headers)
     if length is not None:
-        return await reader.readexactly(int(length)), True
-    return await reader.read(), False  # delimited by the end of the connection
+        if length > limit:
+            raise _too_large(limit)
+        return await wire.exactly(length), True
+    parts, total = [], 0  # delimited by the end of the connection
+    while part := await wire.some():
+        total += len(part)
+        if total > limit:
+            raise _too_large(limit)
+        parts.append(part)
+    return b"".join(parts), False
+
+
+async def _read_chunked(wire: _Wire, limit: int) -> bytes:
+    parts, total = [], 0
+    while True:
+        size_line = await wire.until(b"\r\n", _MAX_LINE)
+        digits = size_line[:-2].split(b";", 1)[0].strip()
+        if not _HEX.fullmatch(digits):
+            raise ValueError("malformed chunk size")
+        size = int(digits, 16)
+        if size == 0:
+            trailers = 0  # read and dropped, bounded like headers
+            while await wire.until(b"\r\n", _MAX_LINE) != b"\r\n":
+                trailers += 1
+                if trailers > _MAX_HEADERS:
+                    raise _HeadTooLarge
+            return b"".join(parts)
+        total += size
+        if total > limit:
+            raise _too_large(limit)
+        parts.append(await wire.exactly(size))
+        if await wire.exactly(2) != b"\r\n":
+            raise ValueError("malformed chunk")
+
+
+def _content_length(headers) -> int | None:
+    values = {value for key, value in headers if key.lower() == b"content-length"}
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValueError("conflicting Content-Length headers")
+    (value,) = values
+    if not _DIGITS.fullmatch(value):
+        raise ValueError("malformed Content-Length")
+    return int(value)
 
 
 def _keep_alive(status_line: bytes, headers) -> bool:
@@ -264,3 +507,19 @@ def _keep_alive(status_line: bytes, headers) -> bool:
     if status_line.startswith(b"HTTP/1.0"):
         return b"keep-alive" in connection
     return b"close" not in connection
+
+
+async def read_json(response, max_bytes: int = MAX_RESPONSE_BYTES):
+    """The JSON value of an unread ``response``'s body, decoded piece by piece (gzip included) and
+    refused with :class:`ResponseTooLarge` once over ``max_bytes``, whichever transport delivered
+    it; the response is closed. A malformed body raises ``ValueError``."""
+    parts, total = [], 0
+    try:
+        async for part in response.aiter_bytes():
+            total += len(part)
+            if total > max_bytes:
+                raise _too_large(max_bytes)
+            parts.append(part)
+    finally:
+        await response.aclose()
+    return json.loads(b"".join(parts))
