@@ -466,12 +466,19 @@ def test_a_body_over_the_cap_fails_the_request_whatever_delimits_it():
         assert f"over the {CAP}-byte cap" in message
 
 
-@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "close-delimited"])
 def test_a_body_exactly_at_the_cap_passes_and_one_byte_more_fails(framing):
-    body = b"y" * CAP
+    """The cap counts the body as sent: a chunked one with its framing (size lines and line ends),
+    so that a flood of tiny chunks is bounded like one large chunk."""
+    payload = b"y" * 900
     if framing == "chunked":
-        data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (CAP, body)
+        body = b"%x\r\n%s\r\n0\r\n" % (len(payload), payload)
+        data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"\r\n"
+    elif framing == "close-delimited":
+        body = payload
+        data = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body
     else:
+        body = payload
         data = reply_bytes(body=body)
 
     async def main(cap: int):
@@ -481,8 +488,8 @@ def test_a_body_exactly_at_the_cap_passes_and_one_byte_more_fails(framing):
             except ResponseTooLarge:
                 return None
 
-    assert asyncio.run(main(CAP)) == body
-    assert asyncio.run(main(CAP - 1)) is None
+    assert asyncio.run(main(len(body))) == payload
+    assert asyncio.run(main(len(body) - 1)) is None
 
 
 def test_a_reply_over_the_cap_is_rejected_for_that_request_only_and_never_retried():

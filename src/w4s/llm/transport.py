@@ -16,8 +16,8 @@ receive buffer, so it can tell an idle connection that received bytes out of tur
 
 Everything a server sends is bounded: the head (status line and headers) to 64 KiB, 16 KiB a line
 and 100 lines (a chunked body's trailers and chunk-size lines likewise), and the body to
-``max_response_bytes`` (64 MiB by default), counted as it arrives, whatever delimits it. An
-oversized body fails the request with :class:`ResponseTooLarge`; an oversized head is a protocol
+``max_response_bytes`` (64 MiB by default), counted as it arrives (a chunked body with its
+framing), whatever delimits it. An oversized body fails the request with :class:`ResponseTooLarge`; an oversized head is a protocol
 error. Bodies are read whole before the response is returned (w4s never streams completions) and
 handed to the client in pieces of 16 KiB, so that encoded bodies (gzip, decoded by the client as
 usual) decode piece by piece and a reader such as :func:`read_json` can stop at its own cap.
@@ -458,36 +458,39 @@ async def _read_body(wire: _Wire, method: str, status: int, headers, limit: int)
         if length > limit:
             raise _too_large(limit)
         return await wire.exactly(length), True
-    parts, total = [], 0  # delimited by the end of the connection
+    body = bytearray()  # delimited by the end of the connection
     while part := await wire.some():
-        total += len(part)
-        if total > limit:
+        if len(body) + len(part) > limit:
             raise _too_large(limit)
-        parts.append(part)
-    return b"".join(parts), False
+        body += part
+    return bytes(body), False
 
 
 async def _read_chunked(wire: _Wire, limit: int) -> bytes:
-    parts, total = [], 0
+    """A chunked body. The cap counts it as sent (size lines and the line ends after each chunk
+    included), so that many tiny chunks cannot cost more than one large one."""
+    body = bytearray()
+    sent = 0
     while True:
         size_line = await wire.until(b"\r\n", _MAX_LINE)
         digits = size_line[:-2].split(b";", 1)[0].strip()
         if not _HEX.fullmatch(digits):
             raise ValueError("malformed chunk size")
         size = int(digits, 16)
+        sent += len(size_line) + (size + 2 if size else 0)
+        if sent > limit:
+            raise _too_large(limit)
         if size == 0:
             trailers = 0  # read and dropped, bounded like headers
             while await wire.until(b"\r\n", _MAX_LINE) != b"\r\n":
                 trailers += 1
                 if trailers > _MAX_HEADERS:
                     raise _HeadTooLarge
-            return b"".join(parts)
-        total += size
-        if total > limit:
-            raise _too_large(limit)
-        parts.append(await wire.exactly(size))
-        if await wire.exactly(2) != b"\r\n":
+            return bytes(body)
+        chunk = await wire.exactly(size + 2)
+        if chunk[-2:] != b"\r\n":
             raise ValueError("malformed chunk")
+        body += memoryview(chunk)[:-2]
 
 
 def _content_length(headers) -> int | None:
