@@ -17,12 +17,12 @@ receive buffer, so it can tell an idle connection that received bytes out of tur
 Everything a server sends is bounded: the head (status line and headers) to 64 KiB, 16 KiB a line
 and 100 lines (a chunked body's trailers and chunk-size lines likewise), and the body to
 ``max_response_bytes`` (64 MiB by default), counted as it arrives (a chunked body with its
-framing), whatever delimits it. An oversized body fails the request with :class:`ResponseTooLarge`; an oversized head is a protocol
-error. Bodies are read whole before the response is returned (w4s never streams completions) and
-handed to the client in pieces of 16 KiB, so that encoded bodies (gzip, decoded by the client as
-usual) decode piece by piece and a reader such as :func:`read_json` can stop at its own cap.
-Proxies are not supported here: the backend keeps the client's default transport when one is
-configured for the endpoint.
+framing), whatever delimits it. An oversized body fails the request with
+:class:`ResponseTooLarge`; an oversized head is a protocol error. Bodies are read whole before the
+response is returned (w4s never streams completions) and handed to the client in pieces of 16 KiB,
+so that encoded bodies (gzip, decoded by the client as usual) decode piece by piece and a reader
+such as :func:`read_json` can stop at its own cap. Proxies are not supported here: the backend
+keeps the client's default transport when one is configured for the endpoint.
 """
 
 from __future__ import annotations
