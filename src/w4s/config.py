@@ -1,8 +1,10 @@
 """Stage configuration: dataclasses with help text and validation, from YAML and the command line.
 
-Each stage declares one dataclass whose fields use :func:`option`. :func:`load` builds it from a
-YAML file, then applies ``key=value`` overrides (or parsed CLI flags), then validates it, so the
-defaults live in exactly one place: the dataclass.
+Each stage declares one dataclass that subclasses :class:`Config` and whose fields use :func:`option`.
+:func:`load` builds it from a YAML file (or a section of one), then applies ``key=value`` overrides
+(or parsed CLI flags), then validates it, so the defaults live in exactly one place: the dataclass.
+``to_dict``/``from_dict`` give the same settings as a versioned, JSON-safe dict (a Kubeflow
+component's parameters, an MLflow params dict).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -52,6 +54,48 @@ def non_negative(value) -> bool:
     return value >= 0 and math.isfinite(value)
 
 
+class Config:
+    """Base of every stage's configuration dataclass: versioned, JSON-safe ``to_dict``/``from_dict``."""
+
+    VERSION: ClassVar[int] = 1
+
+    def to_dict(self) -> dict:
+        """``{"version": N, field: value, ...}``: only JSON types (the fields' own types are)."""
+        return {
+            "version": self.VERSION,
+            **{f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)},
+        }
+
+    @classmethod
+    def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+        """Inverse of :meth:`to_dict`, validated; a dict from a newer w4s or with unknown keys is refused."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__} must be a mapping of its fields, got {type(data).__name__}")
+        values = dict(data)
+        version = values.pop("version", cls.VERSION)
+        if type(version) is not int or not 1 <= version <= cls.VERSION:
+            raise ConfigError(
+                f"{cls.__name__} version {version!r} is not one this w4s reads (1 to {cls.VERSION}); upgrade w4s"
+            )
+        _refuse_unknown(cls, values)
+        cfg = cls(**values)
+        validate(cfg)
+        return cfg
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _refuse_unknown(cls: type, values: Mapping[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+
+
 def validate(cfg) -> None:
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
@@ -73,30 +117,58 @@ def validate(cfg) -> None:
             )
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Build ``cls`` from an optional YAML file and overrides; raise ConfigError on bad input."""
-    values: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of {cls.__name__} fields")
-        values.update(loaded)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            values[key] = value
-    unknown = sorted(set(values) - names)
+def read_yaml(path: str | Path) -> dict:
+    """A YAML file that must hold a mapping; one-line ConfigError otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML file")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    return loaded
+
+
+def sections(path: str | Path | None, names: tuple[str, ...]) -> dict[str, dict]:
+    """A command's config file: a YAML mapping of sections (``evaluation:``, ``executor:`` ...), one
+    per configuration the command takes; each section holds that dataclass's fields."""
+    if path is None:
+        return {}
+    loaded = read_yaml(path)
+    unknown = sorted(set(loaded) - set(names))
     if unknown:
         raise ConfigError(
-            f"unknown {cls.__name__} field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+            f"config file {path} has unknown section(s) {', '.join(map(str, unknown))}; this command reads "
+            f"{', '.join(names)} (each a mapping of that configuration's fields)"
         )
-    cfg = cls(**values)
+    for name, section in loaded.items():
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"config file {path}: section {name} must be a mapping of its fields")
+    return {name: section or {} for name, section in loaded.items()}
+
+
+def load(
+    cls: type[T],
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    values: Mapping[str, Any] | None = None,
+) -> T:
+    """Build ``cls`` from a YAML file of its fields (``path``) or already-read ``values`` (a section of
+    a command's config file), then ``overrides`` (None: not set); raise ConfigError on bad input."""
+    merged: dict[str, Any] = {}
+    if path is not None:
+        merged.update(read_yaml(path))
+    if values is not None:
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"the {cls.__name__} settings must be a mapping of its fields")
+        merged.update(values)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            merged[key] = value
+    _refuse_unknown(cls, merged)
+    cfg = cls(**merged)
     validate(cfg)
     return cfg
 
@@ -123,10 +195,15 @@ def _parse_flag(expected):
     return parse
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """Add one ``--flag`` per field (default None: unset flags do not override YAML)."""
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, prefix: str = "", only: tuple[str, ...] | None = None
+) -> None:
+    """Add one ``--flag`` per field (``only``: these fields; default None: unset flags do not
+    override the config file)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + (f.metadata.get("flag") or prefix + f.name.replace("_", "-"))
         if hints[f.name] is bool:  # `--flag` alone means true; `--flag false` turns it off
             parser.add_argument(
@@ -148,7 +225,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") 
         )
 
 
-def overrides_from(namespace: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
+def overrides_from(
+    namespace: argparse.Namespace, cls: type, prefix: str = "", only: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """The flags :func:`add_arguments` added for ``cls`` (``only``: the same fields it was given)."""
     return {
-        f.name: getattr(namespace, prefix.replace("-", "_") + f.name, None) for f in dataclasses.fields(cls)
+        f.name: getattr(namespace, prefix.replace("-", "_") + f.name, None)
+        for f in dataclasses.fields(cls)
+        if only is None or f.name in only
     }

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w4s.config import non_negative, option, positive
+from w4s.config import Config, non_negative, option, positive
 from w4s.llm.models import DTYPES
 
 
 @dataclass
-class EndpointConfig:
+class EndpointConfig(Config):
     model: str = option(
         "gpt-4o-mini",
         "model name at the endpoint, or local:PATH for a local Hugging Face folder or GGUF file, "
@@ -22,9 +22,10 @@ class EndpointConfig:
     base_url: str | None = option(
         None, "OpenAI-compatible base URL (default: $OPENAI_BASE_URL, else https://api.openai.com/v1)"
     )
-    api_key_env: str = option(
-        "W4S_EXECUTOR_API_KEY,OPENAI_API_KEY",
-        "environment variables to read the API key from, first set wins",
+    api_key_env: str | None = option(
+        None,
+        "environment variables to read the API key from, first set wins (default: "
+        "W4S_EXECUTOR_API_KEY,OPENAI_API_KEY for the executor; W4S_META_API_KEY,OPENAI_API_KEY for the meta-agent)",
     )
     timeout_s: float = option(120.0, "per-request timeout in seconds", positive)
     max_retries: int = option(
@@ -67,6 +68,13 @@ class EndpointConfig:
         "version of the served model (e.g. its registry version): part of the cache key, so a model redeployed "
         "under the same name never answers from its predecessor's cache (local models: found automatically)",
     )
+    max_response_bytes: int = option(
+        64 << 20,
+        "largest reply body accepted from the endpoint, bytes (on the wire and decoded); a larger one fails "
+        "its request",
+        lambda v: v >= 1 << 16,
+        "at least 65536",
+    )
     local_batch_size: int = option(8, "local backend: requests generated together", positive)
     local_dtype: str = option(
         "auto",
@@ -75,3 +83,9 @@ class EndpointConfig:
         lambda v: v in DTYPES,
         f"must be one of {', '.join(DTYPES)}",
     )
+
+
+# The same settings, named for where they go in the public API (w4s.evaluate(..., executor=...),
+# w4s.optimize(..., meta=..., executor=...)).
+ExecutorConfig = EndpointConfig
+MetaAgentConfig = EndpointConfig

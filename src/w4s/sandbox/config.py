@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from w4s.config import option, positive
+from w4s.config import Config, option, positive
 
 
 @dataclass
-class SandboxConfig:
+class SandboxConfig(Config):
     isolation: str = option(
         "auto",
         "auto: bubblewrap namespaces (the full isolation); bwrap: the same, named; process: rlimits, seccomp "
@@ -76,6 +76,3 @@ class SandboxConfig:
             "cpu_seconds": self.cpu_seconds,
             "code_timeout": self.code_timeout_s,
         }
-
-    def to_dict(self) -> dict:
-        return asdict(self)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from w4s.config import non_negative, option, positive
+from w4s.config import Config, non_negative, option, positive
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     base_model: str = option(
         "", "base meta-agent: a local Hugging Face folder (or a hub id on machines with access)"
     )
