@@ -25,7 +25,8 @@ from pathlib import Path
 
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
-from w4s.sandbox.workflow import CallableHost, WorkflowSandbox
+from w4s.sandbox.runner import CallableHost
+from w4s.sandbox.workflow import WorkflowSandbox
 from w4s.tasks.code import HumanEval
 
 HERE = Path(__file__).resolve().parent

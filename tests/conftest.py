@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from w4s.sandbox.config import SandboxConfig
-from w4s.sandbox.workflow import CallableHost, WorkflowSandbox
+from w4s.sandbox.runner import CallableHost
+from w4s.sandbox.workflow import WorkflowSandbox
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,9 @@
 ``InfrastructureError``: something the run depends on is broken (executor unreachable, MLflow down,
 the sandbox cannot start). It stops the run with a one-line message that says what to do.
 
-``WorkflowError``: the code a meta-agent wrote failed (syntax error, exception, timeout, limit).
-It never stops a run: it becomes a score of 0 and feedback text for the meta-agent.
+A workflow failure (the code a meta-agent wrote raised, timed out or hit a limit) is not an
+exception of the host: it is data, a sample's ``error``, which scores 0 and becomes feedback for the
+meta-agent. It never stops a run.
 
 ``ConfigError`` is a user error in arguments or configuration; it is reported like an
 infrastructure failure (one line, non-zero exit) but names the setting to fix.
@@ -35,14 +36,3 @@ class SandboxUnavailable(InfrastructureError):
 
 class BudgetExceeded(W4SError):
     """The budget is spent (or cannot cover the next request's worst case): the request was not made."""
-
-
-class WorkflowError(W4SError):
-    """Workflow code failed; carries what the meta-agent needs to see."""
-
-    def __init__(self, type_name: str, message: str, line: str | None = None, lineno: int | None = None):
-        super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
-        self.message = message
-        self.line = line
-        self.lineno = lineno

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from w4s.optimizer.extraction import extract_workflow, static_check
-from w4s.optimizer.rewards import reward, rwr_weight
+from w4s.optimizer.rewards import reward
 from w4s.optimizer.trajectory import TrajectoryStore
 
 
@@ -22,10 +22,9 @@ def test_discrete_reward(score, best, previous, expected):
     assert reward(score, best, previous) == pytest.approx(expected)
 
 
-def test_continuous_reward_and_weight():
+def test_continuous_reward():
     assert reward(0.8, 0.7, 0.6, "continuous") == pytest.approx(0.1)
     assert reward(0.2, 0.7, 0.6, "continuous") == pytest.approx(-0.6)
-    assert rwr_weight(0.4) == pytest.approx(2.718281828)
     with pytest.raises(ValueError, match="unknown reward kind"):
         reward(0.5, 0, 0, "shaped")
 

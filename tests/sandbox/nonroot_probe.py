@@ -13,7 +13,8 @@ sys.path[:0] = json.loads(sys.argv[1])
 
 from w4s.sandbox import doctor  # noqa: E402
 from w4s.sandbox.config import SandboxConfig  # noqa: E402
-from w4s.sandbox.workflow import CallableHost, WorkflowSandbox  # noqa: E402
+from w4s.sandbox.runner import CallableHost  # noqa: E402
+from w4s.sandbox.workflow import WorkflowSandbox  # noqa: E402
 
 WORKFLOW = """
 import os, time

@@ -7,7 +7,6 @@ import textwrap
 import pytest
 
 from w4s.sandbox.code_scoring import CodeProblem, CodeScorer, expected_names
-from w4s.sandbox.fidelity import humaneval_fidelity
 
 TEST = """
 def check(candidate):
@@ -161,14 +160,6 @@ def test_mbpp_style_tests_call_the_function_by_name(scorer):
 def test_timeout_is_enforced_per_answer(scorer):
     result = score(scorer, "import time\ntime.sleep(60)")
     assert not result.passed and result.error == "timeout"
-
-
-def test_humaneval_fidelity(data_dir):
-    report = humaneval_fidelity(data_dir)
-    assert report["problems"] == 164
-    assert report["canonical"]["passed"] == 164, report["canonical"]["unexpected"]
-    assert report["wrong_body"]["passed"] == 0, report["wrong_body"]["unexpected"]
-    assert report["ok"]
 
 
 # --- the host boundary: shadowed builtins, names chosen by the sandbox, hidden data in results -----

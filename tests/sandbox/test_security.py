@@ -17,7 +17,8 @@ import pytest
 
 from tests.conftest import REPO, run
 from w4s.sandbox import isolation
-from w4s.sandbox.workflow import CallableHost, WorkflowSandbox
+from w4s.sandbox.runner import CallableHost
+from w4s.sandbox.workflow import WorkflowSandbox
 
 SECRET = "sk-w4s-test-secret-0123456789"
 BENIGN = "__benign__"
@@ -525,7 +526,7 @@ def test_host_is_untouched_after_the_suite():
 
 
 def test_call_floods_are_refused_beyond_the_in_flight_cap(cfg):
-    from w4s.sandbox.workflow import MAX_CALLS_IN_FLIGHT, CallableHost
+    from w4s.sandbox.workflow import MAX_CALLS_IN_FLIGHT
 
     async def slow(request):
         await asyncio.sleep(0.5)

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from tests.conftest import echo_host, run, run_one
-from w4s.sandbox.workflow import CallableHost, WorkflowSandbox
+from w4s.sandbox.runner import CallableHost
+from w4s.sandbox.workflow import WorkflowSandbox
 
 
 def test_call_llm_sends_the_request_and_returns_replies(cfg):

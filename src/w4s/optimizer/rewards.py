@@ -8,8 +8,6 @@ with the same low-accuracy penalty. The RWR weight of a reward is exp(reward / T
 
 from __future__ import annotations
 
-import math
-
 REWARD_KINDS = ("discrete", "continuous")
 LOW_ACCURACY = 0.3
 PENALTY = 0.1
@@ -32,7 +30,3 @@ def reward(score: float | None, best_so_far: float, previous_turn: float, kind: 
     if value < LOW_ACCURACY:
         base -= PENALTY
     return round(base, 6)
-
-
-def rwr_weight(value: float, temperature: float = 0.4) -> float:
-    return math.exp(value / temperature)

@@ -1,16 +1,19 @@
 """How a sandbox process is started: which isolation layers exist here and the command that uses them.
 
-Two backends:
+Two :class:`Isolation` kinds start the same zygote (``runtime/worker.py``):
 
-``bwrap``   bubblewrap: new network, PID, IPC, UTS (and, unprivileged, user) namespaces; a root
-            filesystem holding only the system libraries, the Python installation (read-only), the
-            worker runtime and the code to run (read-only), and a size-limited scratch tmpfs.
-            As root, bwrap runs without a user namespace and the worker drops to a dedicated
-            unprivileged uid before it reads any untrusted code.
-``process`` the fallback where namespaces are unavailable (e.g. a Kubernetes pod without user
-            namespaces): a child process with an empty environment, rlimits, the seccomp filter (no
-            new sockets) and, as root, the uid drop; the filesystem and process table stay visible,
-            which is reported loudly.
+:class:`Bubblewrap` (``bwrap``)
+    new network, PID, IPC, UTS (and, unprivileged, user) namespaces; a root filesystem holding only
+    the system libraries, the Python installation (read-only), the worker runtime and the code to run
+    (read-only); a private tmpfs scratch per job. As root, bwrap runs without a user namespace and
+    each job drops to a dedicated unprivileged uid before it reads any untrusted code.
+:class:`ProcessIsolation` (``process``, degraded: only with ``allow_degraded``)
+    where namespaces are unavailable (e.g. a Kubernetes pod without user namespaces): a child process
+    with an empty environment, rlimits, the seccomp filter (no new sockets) and, as root, the uid
+    drop; the filesystem and process table stay visible, which is reported loudly.
+
+A runner that does not use a local zygote at all (a Kubernetes pod under gVisor, say) implements
+:class:`w4s.sandbox.runner.WorkflowRunner` instead.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from w4s.errors import SandboxUnavailable
 from w4s.sandbox.config import SandboxConfig
@@ -237,32 +241,38 @@ def _shield_host() -> None:
     log.info("process isolation without root: this process is now non-dumpable (its /proc is private)")
 
 
-def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = None) -> Launch:
-    """Build the launch of one sandbox zygote with ``files`` as its read-only code.
+@dataclass
+class Placement:
+    """Where an isolation puts the zygote: the command before the Python interpreter, the paths the
+    zygote sees for its runtime, code and scratch, its working directory, and host folders to remove."""
 
-    ``ctrl_fd`` is the child's end of the control socket (SOCK_SEQPACKET); it is passed through.
-    """
-    kind = backend(cfg)
-    code_dir = tempfile.mkdtemp(prefix="w4s-code-")
-    os.chmod(code_dir, 0o755)
-    for name, text in (files or {}).items():
-        path = os.path.join(code_dir, name)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(path, 0o644)
-    host_dirs = [code_dir]
-    limits = cfg.worker_limits()
-    uid_base = None
-    if _is_root():
-        uid_base = _UID_BASE + (next(_uid_counter) % 1000) * _UID_SPAN_PER_SANDBOX
-        limits["max_processes_shared"] = cfg.max_processes
-    else:
-        limits["max_processes_shared"] = _tasks_of_uid(os.getuid()) + cfg.max_processes
-    python = os.path.realpath(sys.executable) if kind == "bwrap" else sys.executable
-    env = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2", "HOME": SANDBOX_SCRATCH}
-    if kind == "bwrap":
+    argv: list[str]
+    runtime: str
+    code: str
+    scratch: str
+    cwd: str
+    host_dirs: list[str] = field(default_factory=list)
+
+
+class Isolation(Protocol):
+    """How a sandbox zygote is started; :class:`Bubblewrap` and :class:`ProcessIsolation` are the two
+    kinds. Everything else of the sandbox (the zygote, its jobs, the protocol) is the same for both."""
+
+    name: str
+    private_scratch: bool  # jobs can get a private tmpfs scratch (a mount namespace each)
+
+    def place(self, cfg: SandboxConfig, code_dir: str, env: dict[str, str]) -> Placement: ...
+
+
+class Bubblewrap:
+    """New network, PID, IPC, UTS (and, without root, user) namespaces; a root filesystem of the system
+    libraries, the Python installation, the runtime and the code, all read-only."""
+
+    name = "bwrap"
+    private_scratch = True
+
+    def place(self, cfg: SandboxConfig, code_dir: str, env: dict[str, str]) -> Placement:
         _, bwrap, extra = _bwrap_probe()
-        runtime, code, scratch = SANDBOX_RUNTIME, SANDBOX_CODE, SANDBOX_SCRATCH
         argv = [
             bwrap,
             "--die-with-parent",
@@ -282,56 +292,101 @@ def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = Non
             # In its user namespace only; each job drops it after making its private scratch.
             argv += ["--unshare-user", *extra, "--cap-add", "CAP_SYS_ADMIN"]
         argv += _ro_system_args()
-        binds = [(prefix, prefix) for prefix in _python_prefixes()]
-        binds += [(str(RUNTIME_DIR), runtime), (code_dir, code)]
+        prefixes = _python_prefixes()
+        hidden = [
+            p for p in prefixes if any(p == d or p.startswith(d + "/") for d in ("/tmp", SANDBOX_SCRATCH))
+        ]
+        if hidden:
+            raise SandboxUnavailable(
+                f"the Python installation {hidden[0]} lies under /tmp, which every sample's private /tmp hides; "
+                "install it (or the virtualenv) elsewhere, e.g. under /var/tmp or /opt"
+            )
+        binds = [(prefix, prefix) for prefix in prefixes]
+        binds += [(str(RUNTIME_DIR), SANDBOX_RUNTIME), (code_dir, SANDBOX_CODE)]
         argv += _parent_dirs([target for _, target in binds])
         for source, target in binds:
             argv += ["--ro-bind", source, target]
         argv += ["--proc", "/proc", "--dev", "/dev"]
-        argv += ["--perms", "1777", "--size", str(cfg.scratch_mb * 1024 * 1024), "--tmpfs", scratch]
+        argv += ["--perms", "1777", "--size", str(cfg.scratch_mb * 1024 * 1024), "--tmpfs", SANDBOX_SCRATCH]
         argv += ["--perms", "1777", "--size", str(16 * 1024 * 1024), "--tmpfs", "/tmp"]
-        argv += ["--chdir", scratch, "--clearenv"]
+        argv += ["--chdir", SANDBOX_SCRATCH, "--clearenv"]
         for key, value in env.items():
             argv += ["--setenv", key, value]
-        argv.append("--")
-        cwd = "/"
-    else:
+        argv += ["--", os.path.realpath(sys.executable)]
+        return Placement(argv, SANDBOX_RUNTIME, SANDBOX_CODE, SANDBOX_SCRATCH, "/")
+
+
+class ProcessIsolation:
+    """A plain child process (degraded): rlimits, seccomp, an empty environment and, as root, a uid
+    per job; the host's files and processes stay visible."""
+
+    name = "process"
+    private_scratch = False
+
+    def place(self, cfg: SandboxConfig, code_dir: str, env: dict[str, str]) -> Placement:
         if _is_root():
             hidden = [p for p in [*_python_prefixes(), str(RUNTIME_DIR)] if not _world_accessible(p)]
             if hidden:
-                launch_dirs = Launch([], {}, "", (), host_dirs)
-                launch_dirs.cleanup()
                 raise SandboxUnavailable(
                     f"process isolation as root runs jobs as an unprivileged uid, which cannot read {hidden[0]}; "
                     "install bubblewrap, or use a Python installation readable by all users"
                 )
         else:
             _shield_host()
-        runtime, code = str(RUNTIME_DIR), code_dir
         scratch = tempfile.mkdtemp(prefix="w4s-scratch-")
         os.chmod(scratch, 0o1777)
-        host_dirs.append(scratch)
         env["HOME"] = scratch
-        argv = []
-        cwd = scratch
+        return Placement([sys.executable], str(RUNTIME_DIR), code_dir, scratch, scratch, [scratch])
+
+
+ISOLATIONS: dict[str, Isolation] = {"bwrap": Bubblewrap(), "process": ProcessIsolation()}
+
+
+def prepare(cfg: SandboxConfig, ctrl_fd: int, files: dict[str, str] | None = None) -> Launch:
+    """Build the launch of one sandbox zygote with ``files`` as its read-only code.
+
+    ``ctrl_fd`` is the child's end of the control socket (SOCK_SEQPACKET); it is passed through.
+    """
+    isolation = ISOLATIONS[backend(cfg)]
+    code_dir = tempfile.mkdtemp(prefix="w4s-code-")
+    os.chmod(code_dir, 0o755)
+    for name, text in (files or {}).items():
+        path = os.path.join(code_dir, name)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(path, 0o644)
+    limits = cfg.worker_limits()
+    uid_base = None
+    if _is_root():
+        uid_base = _UID_BASE + (next(_uid_counter) % 1000) * _UID_SPAN_PER_SANDBOX
+        limits["max_processes_shared"] = cfg.max_processes
+    else:
+        limits["max_processes_shared"] = _tasks_of_uid(os.getuid()) + cfg.max_processes
+    env = {"LANG": "C.UTF-8", "PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "2", "HOME": SANDBOX_SCRATCH}
+    try:
+        placed = isolation.place(cfg, code_dir, env)
+    except SandboxUnavailable:
+        shutil.rmtree(code_dir, ignore_errors=True)
+        raise
     settings = {
         "ctrl_fd": ctrl_fd,
-        "code_dir": code,
-        "scratch": scratch,
+        "code_dir": placed.code,
+        "scratch": placed.scratch,
         "limits": limits,
         "seccomp": cfg.seccomp,
         "warm_jobs": cfg.warm_jobs or 0,
         "sys_path": _site_dirs(),
-        "private_scratch": kind == "bwrap",
+        "private_scratch": isolation.private_scratch,
     }
     if uid_base is not None:
         settings.update(uid_base=uid_base, uid_span=_UID_SPAN_PER_SANDBOX - 1)
     _compile_runtime()
     # The worker is imported, not run as a script, so its byte code comes from the cache as well.
-    entry = f"import sys; sys.path.insert(0, {runtime!r}); import worker; worker.main()"
-    argv += [python, "-I", "-S", "-B", "-c", entry, json.dumps(settings)]
+    entry = f"import sys; sys.path.insert(0, {placed.runtime!r}); import worker; worker.main()"
+    argv = [*placed.argv, "-I", "-S", "-B", "-c", entry, json.dumps(settings)]
     job_uids = None if uid_base is None else range(uid_base + 1, uid_base + _UID_SPAN_PER_SANDBOX)
-    return Launch(argv, env, cwd, (ctrl_fd,), host_dirs, backend=kind, job_uids=job_uids)
+    host_dirs = [code_dir, *placed.host_dirs]
+    return Launch(argv, env, placed.cwd, (ctrl_fd,), host_dirs, backend=isolation.name, job_uids=job_uids)
 
 
 @functools.cache

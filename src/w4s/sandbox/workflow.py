@@ -1,6 +1,7 @@
 """Run one workflow on many samples: loaded once, one forked process per sample, failures contained.
 
-The host side of the sandbox for workflows. A :class:`WorkflowSandbox` starts a worker that loads
+The host side of the local sandbox for workflows, the :class:`~w4s.sandbox.runner.WorkflowRunner` that
+evaluation uses by default. A :class:`WorkflowSandbox` starts a worker that loads
 the workflow source once (it is PID 1 of its PID namespace); each sample is a forked child with its
 own process group, private RPC socket, capped output pipe, CPU limit and wall-clock timeout
 (SIGKILL of the group). The child's LLM requests are answered by an :class:`AgentHost` on this
@@ -10,18 +11,17 @@ side. A sample that crashes, hangs, exits or exhausts a limit costs only itself.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from w4s.errors import BudgetExceeded, InfrastructureError, SandboxUnavailable
 from w4s.sandbox.config import SandboxConfig
 from w4s.sandbox.host import Sandbox
+from w4s.sandbox.runner import AgentHost, SampleResult
 from w4s.sandbox.runtime import protocol
 
 log = logging.getLogger(__name__)
@@ -33,56 +33,6 @@ _EXIT_GRACE_S = 5.0
 # Frames from a sample larger than this are parsed and decoded off the event loop, so one huge
 # message never holds up the timeouts and replies of every other sample in flight.
 _INLINE_FRAME = 256 * 1024
-
-
-class AgentHost(Protocol):
-    """Answers what a workflow's ``agent`` asks the host (the gateway implements this)."""
-
-    async def call_llm(self, request: dict) -> list[str]: ...
-
-    async def public_tests(self, task: str, entry_point: str) -> list[str]: ...
-
-
-class CallableHost:
-    """An :class:`AgentHost` from plain callables (sync or async); for tests and simple uses."""
-
-    def __init__(
-        self,
-        call_llm: Callable[[dict], list[str] | Awaitable[list[str]]],
-        public_tests: Callable[[str, str], list[str] | Awaitable[list[str]]] | None = None,
-    ):
-        self._call_llm = call_llm
-        self._public_tests = public_tests
-
-    async def call_llm(self, request: dict) -> list[str]:
-        result = self._call_llm(request)
-        return await result if inspect.isawaitable(result) else result
-
-    async def public_tests(self, task: str, entry_point: str) -> list[str]:
-        if self._public_tests is None:
-            raise LookupError("this task has no public tests")
-        result = self._public_tests(task, entry_point)
-        return await result if inspect.isawaitable(result) else result
-
-
-@dataclass
-class SampleResult:
-    """What one sample produced: an answer (plain data) or an error for the meta-agent's feedback."""
-
-    index: int
-    answer: Any = None
-    error: dict | None = None
-    output: str = ""
-    wall_seconds: float = 0.0
-    llm_calls: int = 0
-    # Why the host stopped serving the sample (its budget is spent): then its result is not the workflow's.
-    stopped: str | None = None
-    answer_bytes: int = 0  # size of the answer as it crossed (large answers are scored off the event loop)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 def _error(type_name: str, message: str, **more) -> dict:

@@ -5,25 +5,10 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from w4s.errors import ConfigError
+from w4s.tasks.base import DATA_DIR_ENV, resolve_data_dir
 
-DATA_DIR_ENV = "W4S_DATA_DIR"
-
-
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The benchmark folder: ``data_dir``, else ``$W4S_DATA_DIR``; it must exist."""
-    chosen = data_dir or os.environ.get(DATA_DIR_ENV)
-    if not chosen:
-        raise ConfigError(f"no benchmark data: pass --data-dir or set {DATA_DIR_ENV} to the datasets folder")
-    path = Path(chosen).expanduser().resolve()
-    if not path.is_dir():
-        raise ConfigError(
-            f"benchmark data folder {path} does not exist; pass --data-dir or set {DATA_DIR_ENV}"
-        )
-    return path
+__all__ = ["DATA_DIR_ENV", "get_task", "resolve_data_dir", "task_names"]
 
 
 def task_names() -> list[str]:
