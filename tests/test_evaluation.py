@@ -31,7 +31,7 @@ def math_rules(samples, correct=True):
     for s in samples:
         value = s.expected if correct else s.expected + 7
         reply = f"```python\ndef solution():\n    return {value!r}\n```\nSo the answer is {value:g}."
-        rules.append({"match": re.escape(s.task[:200]), "reply": reply})
+        rules.append({"match": re.escape(s.prompt[:200]), "reply": reply})
     return rules
 
 
@@ -263,7 +263,8 @@ def test_code_examples_run(name, executor_server, tmp_path, data_dir):
     task = get_task("humaneval")
     samples = task.load("validation", data_dir)[:3]
     rules = [REVIEW] + [
-        {"match": re.escape(s.task[:300]), "reply": f"```python\n{s.task}{s.expected}\n```"} for s in samples
+        {"match": re.escape(s.prompt[:300]), "reply": f"```python\n{s.prompt}{s.expected}\n```"}
+        for s in samples
     ]
     executor_server.script(rules=rules)
     result = asyncio.run(run_evaluation(workflows.examples("code")[name], task, executor_server, samples))
@@ -275,7 +276,7 @@ def test_reading_examples_run(name, executor_server, tmp_path, data_dir):
     task = get_task("drop")
     samples = task.load("validation", data_dir)[:3]
     rules = [REVIEW] + [
-        {"match": re.escape(s.task[-200:]), "reply": f"Reasoning...\nAnswer: {s.expected.split('|')[0]}"}
+        {"match": re.escape(s.prompt[-200:]), "reply": f"Reasoning...\nAnswer: {s.expected.split('|')[0]}"}
         for s in samples
     ]
     executor_server.script(rules=rules)

@@ -179,7 +179,7 @@ def {entry}(*args, **kwargs):
 def test_hidden_test_inputs_reach_neither_results_nor_feedback(executor_server, tmp_path, data_dir):
     task = get_task("mbpp")
     samples = task.load("validation", data_dir)[:6]
-    codes = {s.task: LEAKY_CODE.format(entry=s.extra["entry_point"]) for s in samples}
+    codes = {s.prompt: LEAKY_CODE.format(entry=s.extra["entry_point"]) for s in samples}
     source = f"CODES = {codes!r}\n\ndef solver(agent, task):\n    return CODES[task]\n"
     result = asyncio.run(run_evaluation(source, task, executor_server, samples))
     assert result.score == 0 and all(o.error in ("error", "failed") for o in result.samples)

@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 from w4s import __version__
@@ -20,13 +19,16 @@ EXIT_STOPPED = 4  # a run stopped early (its budget is spent); it can be resumed
 
 
 def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
+    """Rich on a terminal; plain timestamped lines without one (a pod's log has no TTY)."""
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(show_path=False, console=_stderr_console())],
-    )
+        handler: logging.Handler = RichHandler(show_path=False, console=_stderr_console())
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("httpx", "httpcore", "openai", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -37,17 +39,18 @@ def _stderr_console():
     return Console(stderr=True)
 
 
-def _sandbox_config(args, check: bool = True):
-    """SandboxConfig from --config and the --sandbox-* flags (the per-sample time limit included);
-    ``check``: refuse now, before any work, when this machine cannot give the isolation it asks for."""
-    from w4s import config
-    from w4s.sandbox import isolation
+def _sandbox_config(args):
+    """SandboxConfig from the ``sandbox`` section of --config and the --sandbox-* flags."""
     from w4s.sandbox.config import SandboxConfig
 
-    cfg = config.load(SandboxConfig, args.config, config.overrides_from(args, SandboxConfig, "sandbox-"))
-    if check:
-        isolation.backend(cfg)
-    return cfg
+    return _configs(args, sandbox=(SandboxConfig, "sandbox-"))["sandbox"]
+
+
+def _check_isolation(cfg) -> None:
+    """Refuse now, before any work, when this machine cannot give the isolation ``cfg`` asks for."""
+    from w4s.sandbox import isolation
+
+    isolation.backend(cfg)
 
 
 def settle_heap() -> None:
@@ -95,7 +98,7 @@ def cmd_sandbox_doctor(args) -> int:
 
     from w4s.sandbox import doctor
 
-    cfg = _sandbox_config(args, check=False)  # the doctor reports what is missing instead
+    cfg = _sandbox_config(args)  # not checked: the doctor reports what is missing instead
     _writable(args.json, "--json")
     checks = doctor.diagnose(cfg)
     table = Table(title="w4s sandbox doctor")
@@ -116,9 +119,10 @@ def cmd_sandbox_doctor(args) -> int:
 def cmd_sandbox_verify_humaneval(args) -> int:
     from rich.progress import Progress
 
-    from w4s.sandbox.fidelity import humaneval_fidelity
+    from w4s.tasks.fidelity import humaneval_fidelity
 
     cfg = _sandbox_config(args)
+    _check_isolation(cfg)
     _writable(args.json, "--json")
     with Progress(console=_stderr_console(), transient=True) as progress:
         bar = progress.add_task("scoring HumanEval (canonical, then wrong bodies)", total=2 * 164)
@@ -142,73 +146,50 @@ def cmd_sandbox_verify_humaneval(args) -> int:
     return 0
 
 
+def _configs(args, **wanted: tuple) -> dict:
+    """The command's configurations: each from its section of ``--config`` (a YAML file with one
+    section per configuration), then its flags. ``wanted``: section name -> (dataclass, flag prefix
+    [, the only fields that have flags])."""
+    from w4s import config
+
+    found = config.sections(args.config, tuple(wanted))
+    configs = {}
+    for name, (cls, prefix, *only) in wanted.items():
+        flags = config.overrides_from(args, cls, prefix, only[0] if only else None)
+        configs[name] = config.load(cls, values=found.get(name), overrides=flags)
+    return configs
+
+
 def cmd_evaluate(args) -> int:
-    import asyncio
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from w4s import config, workflows
-    from w4s.evaluation import EvaluationConfig, evaluate
+    from w4s import api
+    from w4s.evaluation import EvaluationConfig
     from w4s.llm.config import EndpointConfig
-    from w4s.llm.gateway import Gateway
-    from w4s.tasks import get_task
+    from w4s.progress import ProgressDisplay
+    from w4s.sandbox.config import SandboxConfig
 
-    task = get_task(args.task)
-    eval_cfg = config.load(EvaluationConfig, None, config.overrides_from(args, EvaluationConfig))
-    gateway_cfg = config.load(
-        EndpointConfig, args.executor_config, config.overrides_from(args, EndpointConfig, "executor-")
+    cfg = _configs(
+        args,
+        evaluation=(EvaluationConfig, ""),
+        executor=(EndpointConfig, "executor-"),
+        sandbox=(SandboxConfig, "sandbox-"),
     )
-    sandbox_cfg = _sandbox_config(args)
-    label, source = workflows.resolve(args.workflow, task.family)
-    samples = task.load(eval_cfg.split, args.data_dir)
+    _check_isolation(cfg["sandbox"])
+    task = api.load_task(args.task, args.data_dir)
+    workflow = api.load_workflow(args.workflow, task)
     _writable(args.json, "--json")
-
-    async def run():
-        gateway = Gateway(gateway_cfg)
-        try:
-            with Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("score {task.fields[score]:.3f}  ${task.fields[cost]:.4f}"),
-                TimeElapsedColumn(),
-                console=_stderr_console(),
-                transient=False,
-            ) as progress:
-                from w4s.evaluation import select
-
-                chosen = select(samples, eval_cfg.limit, eval_cfg.seed)
-                bar = progress.add_task(
-                    f"{task.name}/{eval_cfg.split}", total=len(chosen), score=0.0, cost=0.0
-                )
-                total = [0.0, 0]
-
-                def on_sample(outcome) -> None:
-                    total[0] += outcome.score
-                    total[1] += 1
-                    progress.update(
-                        bar, advance=1, score=total[0] / total[1], cost=gateway.budget.usage.cost_usd
-                    )
-
-                return await evaluate(
-                    source,
-                    task,
-                    gateway,
-                    eval_cfg,
-                    sandbox=sandbox_cfg,
-                    samples=chosen,
-                    workflow_label=label,
-                    on_sample=on_sample,
-                )
-        finally:
-            await gateway.aclose()
-
     settle_heap()
-    result = asyncio.run(run())
+    result = api.evaluate(
+        workflow,
+        task,
+        cfg["evaluation"],
+        cfg["executor"],
+        cfg["sandbox"],
+        callbacks=[ProgressDisplay(console=_stderr_console())],
+    )
     usage = result.usage
     log.info(
         "%s on %s/%s: score %.4f over %d samples (%d failed), %d executor calls (%d cached), %d tokens, $%.4f, %.1f s",
-        label,
+        workflow.name,
         task.name,
         result.split,
         result.score,
@@ -231,86 +212,47 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_optimize(args) -> int:
-    import asyncio
-
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from w4s import config
+    from w4s import api
+    from w4s.evaluation import EvaluationConfig
     from w4s.llm.config import EndpointConfig
-    from w4s.llm.gateway import Gateway
-    from w4s.optimizer.loop import OptimizeConfig, Optimizer
+    from w4s.optimizer.loop import OptimizeConfig
+    from w4s.progress import ProgressDisplay
+    from w4s.sandbox.config import SandboxConfig
 
-    cfg = config.load(OptimizeConfig, args.optimize_config, config.overrides_from(args, OptimizeConfig))
-    executor_cfg = config.load(
-        EndpointConfig, args.executor_config, config.overrides_from(args, EndpointConfig, "executor-")
+    cfg = _configs(
+        args,
+        optimize=(OptimizeConfig, ""),
+        evaluation=(EvaluationConfig, "", ("concurrency",)),
+        meta=(EndpointConfig, "meta-"),
+        executor=(EndpointConfig, "executor-"),
+        sandbox=(SandboxConfig, "sandbox-"),
     )
-    meta_overrides = config.overrides_from(args, EndpointConfig, "meta-")
-    if meta_overrides["api_key_env"] is None:
-        meta_overrides["api_key_env"] = "W4S_META_API_KEY,OPENAI_API_KEY"
-    meta_cfg = config.load(EndpointConfig, args.meta_config, meta_overrides)
-    if meta_cfg.cache_path is None:
-        # The meta-agent's replies are the data a run collects: a cache would replay an earlier episode's
-        # (or an earlier model's) candidates. It is used only where a path is given explicitly.
-        meta_cfg = replace(meta_cfg, cache_path="off")
-    sandbox_cfg = _sandbox_config(args)
+    _check_isolation(cfg["sandbox"])
+    task = api.load_task(args.task, args.data_dir)
     _writable(args.out, "--out", folder=True)
-
-    async def run():
-        executor, meta = Gateway(executor_cfg), Gateway(meta_cfg)
-        try:
-            with Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                console=_stderr_console(),
-            ) as progress:
-                line = progress.add_task("starting", total=None)
-
-                def on_event(kind: str, data: dict) -> None:
-                    spend = f"executor ${executor.usage.cost_usd:.4f}, meta ${meta.usage.cost_usd:.4f}"
-                    if kind == "baseline":
-                        text = f"baseline {data['name']}: {data['score']:.3f}"
-                    elif kind == "turn":
-                        text = f"turn {data['turn']}/{cfg.turns}: best so far {data['best']:.3f}"
-                    elif kind == "repair":
-                        text = f"turn {data['turn']} candidate {data['candidate']}: repair {data['attempt']} ({data['error'][:60]})"
-                    elif kind == "candidate":
-                        score = "failed" if data["score"] is None else f"{data['score']:.3f}"
-                        text = f"turn {data['turn']} candidate {data['candidate'] + 1}/{cfg.candidates}: {score}, reward {data['reward']:+.2f}"
-                        log.info(text)
-                    else:
-                        text = f"turn {data['turn']} committed: selected {data['selected']}, best {data['best']:.3f}"
-                    progress.update(line, description=f"{text}  [{spend}]")
-
-                optimizer = Optimizer(
-                    cfg,
-                    meta,
-                    executor,
-                    args.out,
-                    data_dir=args.data_dir,
-                    sandbox=sandbox_cfg,
-                    resume=args.resume,
-                    on_event=on_event,
-                )
-                return await optimizer.run()
-        finally:
-            await executor.aclose()
-            await meta.aclose()
-
     settle_heap()
-    report = asyncio.run(run())
-    best = report["best"]
-    if best is not None:
+    result = api.optimize(
+        task,
+        cfg["optimize"],
+        out_dir=args.out,
+        meta=cfg["meta"],
+        executor=cfg["executor"],
+        sandbox=cfg["sandbox"],
+        evaluation=cfg["evaluation"],
+        resume=args.resume,
+        callbacks=[ProgressDisplay(console=_stderr_console())],
+    )
+    if result.best is not None:
         log.info(
             "best workflow %s: validation %.4f, test %s; wrote %s",
-            best["name"],
-            best["valid_score"],
-            "not scored" if best["test_score"] is None else f"{best['test_score']:.4f}",
+            result.best.name,
+            result.best.valid_score,
+            "not scored" if result.best.test_score is None else f"{result.best.test_score:.4f}",
             args.out,
         )
-    if report["stopped"]:
+    if result.stopped:
         print(
-            f"w4s: stopped early: {report['stopped']}; what finished is kept in {args.out}, and --resume with a "
+            f"w4s: stopped early: {result.stopped}; what finished is kept in {args.out}, and --resume with a "
             "larger --budget-usd continues the run",
             file=sys.stderr,
         )
@@ -319,21 +261,21 @@ def cmd_optimize(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from w4s import config
+    from w4s import api
+    from w4s.progress import ProgressDisplay
     from w4s.training.config import TrainConfig
-    from w4s.training.train import main as train_main
 
-    cfg = config.load(TrainConfig, args.train_config, config.overrides_from(args, TrainConfig))
+    cfg = _configs(args, train=(TrainConfig, ""))["train"]
     _writable(cfg.output, "--output", folder=True)
-    summary = train_main(cfg, args.trajectories)
+    result = api.train(args.trajectories, cfg, callbacks=[ProgressDisplay(console=_stderr_console())])
     log.info(
         "trained on %d examples for %d steps (loss %s -> %s, %s tokens/s); checkpoint: %s",
-        summary["examples"],
-        summary["steps"],
-        summary["first_loss"],
-        summary["final_loss"],
-        summary["tokens_per_second"],
-        summary["model"],
+        result.examples,
+        result.steps,
+        result.first_loss,
+        result.final_loss,
+        result.tokens_per_second,
+        result.model,
     )
     return 0
 
@@ -366,8 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help="the sandbox that runs workflow code")
     sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", required=True)
 
-    def with_sandbox_options(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument("--config", help="YAML file with SandboxConfig fields")
+    def with_config(sub: argparse.ArgumentParser, sections: str) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--config",
+            help=f"YAML file with a section per configuration ({sections}), each a mapping of its fields; "
+            "flags override it",
+        )
+        return sub
+
+    def with_sandbox_options(
+        sub: argparse.ArgumentParser, sections: str = "sandbox"
+    ) -> argparse.ArgumentParser:
+        with_config(sub, sections)
         config.add_arguments(sub, SandboxConfig, prefix="sandbox-")
         sub.add_argument("--json", help="also write the result as JSON to this path")
         return sub
@@ -406,8 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
     config.add_arguments(evaluate, EvaluationConfig)
     config.add_arguments(evaluate, EndpointConfig, prefix="executor-")
-    evaluate.add_argument("--executor-config", help="YAML file with EndpointConfig fields for the executor")
-    with_sandbox_options(evaluate)
+    with_sandbox_options(evaluate, "evaluation, executor, sandbox")
     evaluate.set_defaults(func=cmd_evaluate)
 
     from w4s.optimizer.loop import OptimizeConfig
@@ -418,16 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turns x candidates of meta-agent workflows, repaired, scored on validation, rewarded; the best "
         "is scored once on test. Writes trajectories.jsonl, best_workflow.py, report.json, report.md, curve.png.",
     )
+    optimize.add_argument(
+        "--task", required=True, choices=task_names(), help="benchmark task to optimize for"
+    )
     optimize.add_argument("--out", required=True, help="run folder (resumable with --resume)")
     optimize.add_argument("--resume", action="store_true", help="continue the run in --out")
     optimize.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
-    optimize.add_argument("--optimize-config", help="YAML file with OptimizeConfig fields")
     config.add_arguments(optimize, OptimizeConfig)
+    config.add_arguments(optimize, EvaluationConfig, only=("concurrency",))
     config.add_arguments(optimize, EndpointConfig, prefix="meta-")
-    optimize.add_argument("--meta-config", help="YAML file with EndpointConfig fields for the meta-agent")
     config.add_arguments(optimize, EndpointConfig, prefix="executor-")
-    optimize.add_argument("--executor-config", help="YAML file with EndpointConfig fields for the executor")
-    with_sandbox_options(optimize)
+    with_sandbox_options(optimize, "optimize, evaluation, meta, executor, sandbox")
     optimize.set_defaults(func=cmd_optimize)
 
     from w4s.training.config import TrainConfig
@@ -441,9 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--trajectories", nargs="+", required=True, help="trajectories.jsonl files from w4s optimize"
     )
-    train.add_argument(
-        "--train-config", "--config", dest="train_config", help="YAML file with TrainConfig fields"
-    )
+    with_config(train, "train")
     config.add_arguments(train, TrainConfig)
     train.set_defaults(func=cmd_train)
 

@@ -4,22 +4,25 @@ gateway. This is the environment of the W4S decision process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from w4s.config import option, positive
+from w4s.callbacks import CallbackHandler, EvaluationInfo, EvaluationProgress
+from w4s.config import Config, option, positive
+from w4s.errors import ConfigError
 from w4s.llm.gateway import Gateway
 from w4s.llm.limits import Budget, Usage
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
-from w4s.sandbox.workflow import SampleResult, WorkflowSandbox, run_lanes
+from w4s.sandbox.runner import RunnerFactory, SampleResult
+from w4s.sandbox.workflow import WorkflowSandbox, run_lanes
 from w4s.tasks.base import Sample, Task
 
 # Answers larger than this (as they crossed from the sandbox) are scored off the event loop.
@@ -27,7 +30,7 @@ _SCORE_INLINE_BYTES = 64 * 1024
 
 
 @dataclass
-class EvaluationConfig:
+class EvaluationConfig(Config):
     split: str = option(
         "validation", "which split to score", lambda v: v in ("validation", "test"), "use validation or test"
     )
@@ -63,9 +66,27 @@ class SampleOutcome:
             "not_run": self.not_run,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SampleOutcome:
+        """What :meth:`to_dict` wrote (the answer as the JSON it was written as)."""
+        return cls(
+            data["id"],
+            data["score"],
+            data["answer"],
+            data["error"],
+            data.get("error_line"),
+            data.get("wall_seconds", 0.0),
+            data.get("llm_calls", 0),
+            not_run=data.get("not_run", False),
+        )
+
 
 @dataclass
 class EvaluationResult:
+    """An evaluation's outcome; :meth:`to_dict` is the evaluation JSON (``w4s evaluate --json``)."""
+
+    VERSION: ClassVar[int] = 1
+
     task: str
     split: str
     workflow: str
@@ -86,6 +107,7 @@ class EvaluationResult:
     def to_dict(self) -> dict:
         run = [s for s in self.samples if not s.not_run]
         return {
+            "version": self.VERSION,
             "task": self.task,
             "split": self.split,
             "workflow": self.workflow,
@@ -101,6 +123,30 @@ class EvaluationResult:
             "usage": self.usage.to_dict(),
             "wall_seconds": round(self.wall_seconds, 3),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvaluationResult:
+        """Inverse of :meth:`to_dict`; ConfigError for a dict that is not one (or from a newer w4s)."""
+        try:
+            version = data.get("version")
+            if type(version) is not int or not 1 <= version <= cls.VERSION:
+                raise ValueError(f"version {version!r} is not one this w4s reads (1 to {cls.VERSION})")
+            return cls(
+                task=data["task"],
+                split=data["split"],
+                workflow=data["workflow"],
+                score=data["score"],
+                samples=[SampleOutcome.from_dict(s) for s in data["samples"]],
+                usage=Usage.from_dict(data["usage"]),
+                wall_seconds=data["wall_seconds"],
+                budget_exhausted=data.get("budget_exhausted"),
+                executor=data.get("executor", ""),
+                sandbox=data.get("sandbox") or {},
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"not an evaluation result ({type(exc).__name__}: {exc}); upgrade w4s or rerun"
+            ) from None
 
 
 _JSON_TEXT = 100_000  # characters of one string kept in results
@@ -145,18 +191,20 @@ def select(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
 
 
 class _TaskHost:
-    """What the workflow's agent reaches: the gateway, plus the visible tests of code tasks."""
+    """What the workflow's agent reaches: the gateway, charged to this evaluation's budget, and the
+    visible tests of code tasks."""
 
-    def __init__(self, gateway: Gateway, task: Task, samples: list[Sample]):
+    def __init__(self, gateway: Gateway, budget: Budget, task: Task, samples: list[Sample]):
         self.gateway = gateway
+        self.budget = budget
         self.task = task
-        self.by_text = {s.task: s for s in samples}
+        self.by_prompt = {s.prompt: s for s in samples}
 
     async def call_llm(self, request: dict) -> list[str]:
-        return await self.gateway.call_llm(request)
+        return await self.gateway.call_llm(request, self.budget)
 
     async def public_tests(self, task: str, entry_point: str) -> list[str]:
-        sample = self.by_text.get(task)
+        sample = self.by_prompt.get(task)
         if sample is None:
             raise LookupError("pass the task text you received to test_on_public_test")
         return self.task.public_tests(sample)
@@ -172,65 +220,78 @@ async def evaluate(
     data_dir: str | Path | None = None,
     samples: list[Sample] | None = None,
     workflow_label: str = "workflow",
-    on_sample: Callable[[SampleOutcome], None] | None = None,
+    callbacks: CallbackHandler | None = None,
+    purpose: str = "evaluation",
+    runner: RunnerFactory = WorkflowSandbox,
 ) -> EvaluationResult:
     """Score ``source`` on ``cfg.split`` of ``task``. Raises only for infrastructure failures.
 
-    ``score`` is the mean over the samples that ran to their end; samples that the budget kept
-    from running, or stopped while they ran, are marked ``not_run`` and make the result incomplete.
+    The evaluation owns its budget (``cfg.budget_*``) and its code scorer: concurrent evaluations on
+    one gateway never charge each other. ``score`` is the mean over the samples that ran to their
+    end; samples that the budget kept from running, or stopped while they ran, are marked
+    ``not_run`` and make the result incomplete. ``callbacks`` hear ``on_evaluation_start``, every
+    ``on_sample_end`` and ``on_evaluation_end`` (``purpose`` says which evaluation of a run this is);
+    ``runner`` makes the workflow's runner (the local sandbox by default).
     """
     cfg = cfg or EvaluationConfig()
     sandbox = sandbox or SandboxConfig()
+    callbacks = callbacks or CallbackHandler()
     chosen = samples if samples is not None else select(task.load(cfg.split, data_dir), cfg.limit, cfg.seed)
-    budget = gateway.start_budget(Budget(cfg.budget_calls, cfg.budget_tokens, cfg.budget_usd))
+    budget = Budget(cfg.budget_calls, cfg.budget_tokens, cfg.budget_usd)
     started = time.perf_counter()
     outcomes: list[SampleOutcome | None] = [None] * len(chosen)
     isolation: dict = {}
-    scorer = None
-    if task.family == "code":
-        scorer = CodeScorer(sandbox)  # created here: its sandbox follows this thread's lifetime
-        task.use_scorer(scorer)
+    progress = {"done": 0, "scored": 0, "total": 0.0}
+    callbacks.emit(
+        "on_evaluation_start", EvaluationInfo(task.name, cfg.split, workflow_label, len(chosen), purpose)
+    )
     if sandbox.warm_jobs is None:  # a ready job for every lane, so a lane never waits for a fork
         sandbox = replace(sandbox, warm_jobs=min(cfg.concurrency, len(chosen)))
-    try:
-        async with WorkflowSandbox(source, _TaskHost(gateway, task, chosen), sandbox) as box:
+    # Code answers are scored in a sandbox of their own, made here: its life is this evaluation's.
+    with CodeScorer(sandbox) if task.family == "code" else contextlib.nullcontext() as scorer:
+        async with runner(source, _TaskHost(gateway, budget, task, chosen), sandbox) as box:
             isolation = box.isolation
 
             async def one(index: int) -> None:
                 if budget.exhausted:
-                    outcomes[index] = SampleOutcome(
+                    outcome = SampleOutcome(
                         chosen[index].id, 0.0, None, f"not run: {budget.exhausted}", not_run=True
                     )
-                    return
-                result = await box.run(chosen[index].task, index=index)
-                outcomes[index] = await _score(task, chosen[index], result)
-                if on_sample is not None:
-                    on_sample(outcomes[index])
+                else:
+                    result = await box.run(chosen[index].prompt, index=index)
+                    outcome = await _score(task, chosen[index], result, scorer)
+                outcomes[index] = outcome
+                progress["done"] += 1
+                if not outcome.not_run:
+                    progress["scored"] += 1
+                    progress["total"] += outcome.score
+                if callbacks:
+                    mean = progress["total"] / progress["scored"] if progress["scored"] else 0.0
+                    state = EvaluationProgress(progress["done"], len(chosen), mean, budget.usage.cost_usd)
+                    callbacks.emit("on_sample_end", outcome, state)
 
             await run_lanes(len(chosen), cfg.concurrency, one)
-    finally:
-        if scorer is not None:
-            scorer.close()
     final = [o for o in outcomes if o is not None]
     ran = [o for o in final if not o.not_run]
-    score = sum(o.score for o in ran) / len(ran) if ran else 0.0
-    return EvaluationResult(
+    result = EvaluationResult(
         task=task.name,
         split=cfg.split,
         workflow=workflow_label,
-        score=score,
+        score=sum(o.score for o in ran) / len(ran) if ran else 0.0,
         samples=final,
         usage=budget.usage,
         wall_seconds=time.perf_counter() - started,
-        budget_exhausted=(budget.exhausted or "the budget is spent")
-        if any(o.not_run for o in final)
-        else None,
+        budget_exhausted=(budget.exhausted or "the budget is spent") if len(ran) < len(final) else None,
         executor=gateway.model,
         sandbox=isolation,
     )
+    callbacks.emit("on_evaluation_end", result)
+    return result
 
 
-async def _score(task: Task, sample: Sample, result: SampleResult) -> SampleOutcome:
+async def _score(
+    task: Task, sample: Sample, result: SampleResult, scorer: CodeScorer | None
+) -> SampleOutcome:
     outcome = SampleOutcome(
         sample.id,
         0.0,
@@ -248,8 +309,8 @@ async def _score(task: Task, sample: Sample, result: SampleResult) -> SampleOutc
         outcome.error = f"{result.error['type']}: {result.error.get('message') or ''}".rstrip(": ")
         outcome.error_line = result.error.get("line")
         return outcome
-    if task.family == "code" or result.answer_bytes >= _SCORE_INLINE_BYTES:
-        scored = await asyncio.to_thread(task.score, sample, result.answer)
+    if scorer is not None or result.answer_bytes >= _SCORE_INLINE_BYTES:
+        scored = await asyncio.to_thread(task.score, sample, result.answer, scorer=scorer)
     else:
         scored = task.score(sample, result.answer)
     outcome.score = scored.value

@@ -49,7 +49,7 @@ def build_feedback(
         sample = by_id.get(outcome.id)
         lines.append(f"\n### Case {number}")
         if sample is not None:
-            lines.append(f"Input:\n{_clip(sample.task)}")
+            lines.append(f"Input:\n{_clip(sample.prompt)}")
         if outcome.error and outcome.answer is None:
             lines.append(f"The workflow failed: {_clip(outcome.error, 600)}")
             if outcome.error_line:

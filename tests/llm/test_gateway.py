@@ -144,11 +144,11 @@ def test_cache_replays_and_keys_on_every_parameter(executor_server, tmp_path):
 def test_budget_stops_requests(executor_server, tmp_path):
     async def scenario():
         gw = gateway(executor_server, tmp_path, cache_path="off")
-        gw.start_budget(Budget(max_calls=2))
+        budget = Budget(max_calls=2)
         try:
-            await gw.chat(MESSAGES)
-            await gw.chat(MESSAGES)
-            await gw.chat(MESSAGES)
+            await gw.chat(MESSAGES, budget=budget)
+            await gw.chat(MESSAGES, budget=budget)
+            await gw.chat(MESSAGES, budget=budget)
         finally:
             await gw.aclose()
 
@@ -222,12 +222,12 @@ def test_hooks_see_every_answered_call(executor_server, tmp_path):
 # --- budgets that hold, caps a workflow cannot raise, usage that cannot lie ------------------------
 
 
-def flood(gw: Gateway, count: int, **request) -> list:
+def flood(gw: Gateway, count: int, budget: Budget, **request) -> list:
     """``count`` workflow requests at once, as 60 threads of one workflow would send them."""
 
     async def one(i):
         try:
-            return await gw.call_llm({"messages": [{"role": "user", "content": f"q{i}"}], **request})
+            return await gw.call_llm({"messages": [{"role": "user", "content": f"q{i}"}], **request}, budget)
         except BudgetExceeded as exc:
             return exc
 
@@ -243,8 +243,8 @@ def flood(gw: Gateway, count: int, **request) -> list:
 def test_a_flood_of_requests_gets_no_more_than_the_call_budget(executor_server, tmp_path):
     executor_server.script(latency_ms=100)
     gw = gateway(executor_server, tmp_path, cache_path="off")
-    budget = gw.start_budget(Budget(max_calls=1))
-    results = flood(gw, 60, n=32, max_completion_tokens=10**9)
+    budget = Budget(max_calls=1)
+    results = flood(gw, 60, budget, n=32, max_completion_tokens=10**9)
     assert executor_server.stats()["requests"] == 1 and gw.usage.llm_calls == 1
     assert sum(isinstance(r, BudgetExceeded) for r in results) == 59
     assert budget.exhausted == "the call budget (1) is spent"
@@ -253,8 +253,8 @@ def test_a_flood_of_requests_gets_no_more_than_the_call_budget(executor_server, 
 def test_a_dollar_budget_is_never_exceeded_by_concurrent_requests(executor_server, tmp_path):
     executor_server.script(latency_ms=50, usage={"prompt_tokens": 200, "completion_tokens": 2000})
     gw = gateway(executor_server, tmp_path, cache_path="off", max_completion_tokens=2000)
-    budget = gw.start_budget(Budget(max_usd=0.01))  # each request really costs $0.00123, worst case $0.00124
-    results = flood(gw, 40)
+    budget = Budget(max_usd=0.01)  # each request really costs $0.00123, worst case $0.00124
+    results = flood(gw, 40, budget)
     answered = [r for r in results if not isinstance(r, BudgetExceeded)]
     assert 0 < len(answered) < 40 and gw.usage.cost_usd <= 0.01
     assert len(answered) == int(0.01 // gw.prices.cost("gpt-4o-mini", 200, 2000))  # as many as fit
@@ -295,8 +295,8 @@ def test_impossible_usage_is_clamped_and_counted(executor_server, tmp_path, repo
 
     executor_server.script(usage=reported)
     gw = gateway(executor_server, tmp_path, cache_path="off", max_completion_tokens=100)
-    budget = gw.start_budget(Budget(max_usd=1.0))
-    run(chat(gw, MESSAGES, n=2))
+    budget = Budget(max_usd=1.0)
+    run(chat(gw, MESSAGES, n=2, budget=budget))
     usage = gw.usage
     assert usage.usage_clamped == 1 and budget.usage.usage_clamped == 1
     assert usage.prompt_tokens >= 0 and usage.completion_tokens >= 0 and usage.cost_usd >= 0
@@ -322,3 +322,28 @@ def test_the_cache_keys_on_the_endpoint_and_the_model_revision(executor_server, 
         assert other.stats()["requests"] == 1  # another server under the same model name too
     finally:
         other.stop()
+
+
+def test_two_budgets_share_one_gateway_without_charging_each_other(executor_server, tmp_path):
+    """Budgets belong to whoever spends them: concurrent callers on one gateway are each held to
+    their own, and each sees only its own usage."""
+    executor_server.script(latency_ms=30)
+    gw = gateway(executor_server, tmp_path, cache_path="off")
+    small, large = Budget(max_calls=2), Budget(max_calls=5)
+
+    async def spend(budget: Budget, label: str) -> int:
+        answered = 0
+        for i in range(8):
+            try:
+                await gw.chat([{"role": "user", "content": f"{label}{i}"}], budget=budget)
+                answered += 1
+            except BudgetExceeded:
+                break
+        return answered
+
+    async def scenario():
+        async with gw:
+            return await asyncio.gather(spend(small, "a"), spend(large, "b"))
+
+    assert run(scenario()) == [2, 5]
+    assert (small.usage.llm_calls, large.usage.llm_calls, gw.usage.llm_calls) == (2, 5, 7)

@@ -33,7 +33,7 @@ def script(data_dir, limit: int) -> dict:
     samples = select(task.load("validation", data_dir), limit, 0) + select(
         task.load("test", data_dir), limit, 0
     )
-    table = {s.task: f"So the answer is {s.expected:g}." for s in samples}
+    table = {s.prompt: f"So the answer is {s.expected:g}." for s in samples}
     rules = [
         {"match": re.escape("# Result of your last workflow"), "replies": TURN_2},
         {"match": re.escape("# Example workflows"), "replies": TURN_1},

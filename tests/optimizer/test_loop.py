@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
+import w4s
 from tests.optimizer.scenario import HALF, LOOP, script
 from w4s.errors import ConfigError
 from w4s.llm.config import EndpointConfig
@@ -14,42 +14,27 @@ from w4s.llm.gateway import Gateway
 from w4s.optimizer.loop import OptimizeConfig, Optimizer
 from w4s.optimizer.rewards import reward
 from w4s.sandbox.config import SandboxConfig
+from w4s.tasks import get_task
 
 LIMIT = 4
 
 
-def optimize(server, out, data_dir, resume=False, max_tokens=None, **overrides):
+def optimize(server, out, data_dir, resume=False, max_tokens=None, **overrides) -> dict:
+    """One episode through the public API (``w4s.optimize``); its result as the dict of report.json."""
     limits = {} if max_tokens is None else {"max_completion_tokens": max_tokens}
-
-    async def main():
-        executor = Gateway(
-            EndpointConfig(base_url=server.url, cache_path=str(out / "executor.sqlite"), **limits)
-        )
-        meta = Gateway(EndpointConfig(base_url=server.url, cache_path=str(out / "meta.sqlite")))
-        settings = {
-            "task": "gsm8k",
-            "turns": 2,
-            "candidates": 5,
-            "validation_limit": LIMIT,
-            "test_limit": LIMIT,
-        }
-        cfg = OptimizeConfig(**{**settings, **overrides})
-        try:
-            optimizer = Optimizer(
-                cfg,
-                meta,
-                executor,
-                out / "run",
-                data_dir=data_dir,
-                sandbox=SandboxConfig(timeout_s=1.5),
-                resume=resume,
-            )
-            return await optimizer.run()
-        finally:
-            await executor.aclose()
-            await meta.aclose()
-
-    return asyncio.run(main())
+    settings = {"turns": 2, "candidates": 5, "validation_limit": LIMIT, "test_limit": LIMIT}
+    result = w4s.optimize(
+        "gsm8k",
+        OptimizeConfig(**{**settings, **overrides}),
+        out_dir=out / "run",
+        meta=EndpointConfig(base_url=server.url, cache_path=str(out / "meta.sqlite")),
+        executor=EndpointConfig(base_url=server.url, cache_path=str(out / "executor.sqlite"), **limits),
+        sandbox=SandboxConfig(timeout_s=1.5),
+        data_dir=data_dir,
+        resume=resume,
+    )
+    assert result.to_dict() == json.loads((out / "run" / "report.json").read_text())
+    return result.to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +134,7 @@ def test_feedback_never_shows_test_questions(finished, data_dir):
     from w4s.tasks import get_task
 
     _, records, _, _ = finished
-    test_questions = [s.task for s in select(get_task("gsm8k").load("test", data_dir), LIMIT, 0)]
+    test_questions = [s.prompt for s in select(get_task("gsm8k").load("test", data_dir), LIMIT, 0)]
     feedbacks = [r["feedback"] for r in records if r["feedback"]]
     prompts = [m["content"] for r in records for m in r["prompt_messages"]]
     assert feedbacks and all(q[:80] not in text for q in test_questions for text in feedbacks + prompts)
@@ -175,6 +160,7 @@ def test_an_existing_run_needs_resume(finished, data_dir):
     _, _, run, _ = finished
     with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
         Optimizer(
+            get_task("gsm8k"),
             OptimizeConfig(),
             Gateway(EndpointConfig(base_url="http://127.0.0.1:9/v1", cache_path="off")),
             Gateway(EndpointConfig(base_url="http://127.0.0.1:9/v1", cache_path="off")),

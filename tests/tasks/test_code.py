@@ -13,21 +13,21 @@ def scorer():
 
 def test_humaneval_answers_as_full_function_or_body(data_dir, scorer):
     task = get_task("humaneval")
-    task.use_scorer(scorer)
     sample = task.load("validation", data_dir)[0]
     body = sample.expected
     entry = sample.extra["entry_point"]
     full = f"```python\ndef {entry}(arr):\n" + body + "\n```"
+    assert task.score(sample, body, scorer=scorer).value == 1.0
+    assert task.score(sample, full, scorer=scorer).value == 1.0
+    assert task.score(sample, {"code": body}, scorer=scorer).value == 1.0
+    assert task.score(sample, "    return 12345\n", scorer=scorer).value == 0.0
+    assert task.score(sample, None, scorer=scorer).error == "the answer holds no code"
+    # Called without one, a code task starts a scorer for that answer and closes it.
     assert task.score(sample, body).value == 1.0
-    assert task.score(sample, full).value == 1.0
-    assert task.score(sample, {"code": body}).value == 1.0
-    assert task.score(sample, "    return 12345\n").value == 0.0
-    assert task.score(sample, None).error == "the answer holds no code"
 
 
 def test_mbpp_canonical_solutions_pass(data_dir, scorer):
     task = get_task("mbpp")
-    task.use_scorer(scorer)
     samples = task.load("validation", data_dir) + task.load("test", data_dir)
     results = list(scorer.check_many(task.problem(s, s.expected) for s in samples))
     failed = sorted(r.id for r in results if not r.passed)
@@ -59,7 +59,7 @@ def test_humaneval_public_tests_never_use_hidden_tests(data_dir):
         for test in task.public_tests(sample):
             assert (
                 test.replace("candidate", sample.extra["entry_point"]).split("==")[0].strip()[7:]
-                in sample.task
+                in sample.prompt
             )
 
 

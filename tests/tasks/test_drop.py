@@ -33,6 +33,6 @@ def test_drop_loads_protocol_splits(data_dir):
     task = get_task("drop")
     validation = task.load("validation", data_dir)
     assert len(validation) == 128 and len(task.load("test", data_dir)) == 800
-    assert "Question:" in validation[0].task and not validation[0].task.endswith("Answer:")
+    assert "Question:" in validation[0].prompt and not validation[0].prompt.endswith("Answer:")
     assert all(task.score(s, s.expected.split("|")[0]).value == 1.0 for s in validation)
     assert task.score(validation[0], None).value == 0.0

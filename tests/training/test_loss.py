@@ -7,9 +7,18 @@ import math
 import pytest
 import torch
 
+import w4s
 from tests.training import tiny
 from w4s.training.dataset import IGNORE, Collator
 from w4s.training.loss import completion_positions, weighted_loss, weighted_loss_on_positions
+
+
+class Recorder(w4s.Callback):
+    def __init__(self):
+        self.metrics = []
+
+    def on_log(self, metrics: dict) -> None:
+        self.metrics.append(metrics)
 
 
 def rows(generator):
@@ -84,7 +93,6 @@ def test_weights_steer_learning(tmp_path, lora):
     import json
 
     from w4s.training.config import TrainConfig
-    from w4s.training.train import main
 
     base = tiny.save_base(tmp_path / "base")
     prompt = [{"role": "system", "content": "write a workflow"}, {"role": "user", "content": "task 1 2 3"}]
@@ -122,7 +130,8 @@ def test_weights_steer_learning(tmp_path, lora):
         save_steps=1000,
         mlflow=False,
     )
-    summary = main(cfg, [str(path)])
+    logged = Recorder()
+    summary = w4s.train(path, cfg, callbacks=[logged])
     from transformers import AutoModelForCausalLM
 
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "model")
@@ -130,5 +139,6 @@ def test_weights_steer_learning(tmp_path, lora):
         after, tok, prompt, "bad answer is 3"
     )
     assert gap_after > gap_before + 0.5, (gap_before, gap_after)
-    assert summary["steps"] == 12 and summary["examples"] == 8 and summary["merged"] is lora
+    assert summary.steps == 12 and summary.examples == 8 and summary.merged is lora
+    assert [m["step"] for m in logged.metrics if "loss" in m] == list(range(1, 13))  # on_log at each step
     assert json.loads((tmp_path / "out" / "training_summary.json").read_text())["final_loss"] is not None

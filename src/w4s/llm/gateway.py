@@ -1,8 +1,9 @@
 """The gateway: the only holder of the executor's key, and the host side of every ``agent.call_llm``.
 
 It adds what workflows must not control: the response cache, retries with jittered backoff that
-honour ``Retry-After``, client-side rate limits and a global concurrency cap, the evaluation's
-budget, filling in choices when a server ignores ``n``, and usage and cost accounting.
+honour ``Retry-After``, client-side rate limits and a global concurrency cap, each caller's budget
+(held per request, so concurrent evaluations never charge each other), filling in choices when a
+server ignores ``n``, and usage and cost accounting.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from w4s.llm.pricing import PriceTable
 log = logging.getLogger(__name__)
 
 _MAX_RETRY_AFTER_S = 300.0
+EXECUTOR_API_KEYS = "W4S_EXECUTOR_API_KEY,OPENAI_API_KEY"
+META_API_KEYS = "W4S_META_API_KEY,OPENAI_API_KEY"
 _TEMPLATE_TOKENS = 16  # chat-template tokens around one message, generously
 _TEMPLATE_BASE_TOKENS = 256  # and around the whole prompt (some templates add a default system prompt)
 
@@ -55,12 +58,20 @@ def make_backend(cfg: EndpointConfig) -> Backend:
     if cfg.model.startswith("local:"):
         from w4s.llm.local import LocalBackend
 
-        return LocalBackend(cfg.model, batch_size=cfg.local_batch_size)
+        return LocalBackend(cfg.model, batch_size=cfg.local_batch_size, dtype=cfg.local_dtype)
     base_url = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
-    key = api_key_from_env(cfg.api_key_env)
+    names = cfg.api_key_env or EXECUTOR_API_KEYS
+    key = api_key_from_env(names)
     if key is None and base_url.startswith(OPENAI_URL):
-        raise ConfigError(f"no API key for {base_url}: set one of {cfg.api_key_env.replace(',', ', ')}")
-    return OpenAIBackend(cfg.model, base_url, key, cfg.timeout_s, connections=cfg.concurrency)
+        raise ConfigError(f"no API key for {base_url}: set one of {names.replace(',', ', ')}")
+    return OpenAIBackend(
+        cfg.model,
+        base_url,
+        key,
+        cfg.timeout_s,
+        connections=cfg.concurrency,
+        max_response_bytes=cfg.max_response_bytes,
+    )
 
 
 def build_messages(request: dict) -> list[dict]:
@@ -95,10 +106,12 @@ CallHook = Callable[[CallRecord], None]
 
 
 class Gateway:
-    """Answers chat requests for one model; shared by every sample of a run.
+    """Answers chat requests for one model; shared by every sample of a run, and by any number of
+    evaluations at once. Use it as ``async with Gateway(cfg) as gateway``.
 
-    ``budget`` is the current evaluation's; swap it with :meth:`start_budget` between evaluations.
-    ``usage`` accumulates over the gateway's life.
+    A budget belongs to whoever spends it (one evaluation, one optimization run): callers pass their
+    :class:`Budget` with each request, and it is charged and held against only that budget. ``usage``
+    accumulates over the gateway's life.
     """
 
     def __init__(self, cfg: EndpointConfig | None = None, backend: Backend | None = None):
@@ -112,15 +125,16 @@ class Gateway:
             else ResponseCache(self.cfg.cache_path or default_cache_path())
         )
         self.usage = Usage()
-        self.budget = Budget()
         self._requests = RateLimiter(self.cfg.requests_per_minute)
         self._tokens = RateLimiter(self.cfg.tokens_per_minute)
         self._slots: asyncio.Semaphore | None = None
         self.hooks: list[CallHook] = []  # called after every answered chat request
 
-    def start_budget(self, budget: Budget) -> Budget:
-        self.budget = budget
-        return budget
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         await self.backend.aclose()
@@ -128,8 +142,9 @@ class Gateway:
             self.cache.close()
 
     # --- the AgentHost side ----------------------------------------------------------------------
-    async def call_llm(self, request: dict) -> list[str]:
-        """A workflow's request: its ``n`` and completion length are capped by this gateway's config."""
+    async def call_llm(self, request: dict, budget: Budget | None = None) -> list[str]:
+        """A workflow's request, charged to ``budget``: its ``n`` and completion length are capped by
+        this gateway's config."""
         n = int(request.get("n") or 1)
         if not 1 <= n <= self.cfg.max_n:
             raise ValueError(f"num_of_response must be between 1 and {self.cfg.max_n} (the executor's limit)")
@@ -146,10 +161,8 @@ class Gateway:
             temperature=temperature,
             max_tokens=min(max_tokens, self.cfg.max_completion_tokens),
             json_mode=request.get("response_format") == "json",
+            budget=budget,
         )
-
-    async def public_tests(self, task: str, entry_point: str) -> list[str]:
-        raise LookupError("this evaluation has no public tests")
 
     # --- chat ------------------------------------------------------------------------------------
     async def chat(
@@ -161,15 +174,19 @@ class Gateway:
         max_tokens: int | None = None,
         json_mode: bool = False,
         seed: int | None = None,
+        budget: Budget | None = None,
     ) -> list[str]:
         """``n`` completions, from the cache where it has them; the rest from the backend.
 
         ``seed`` replaces the configured seed for this request (the optimizer derives one per
-        episode, turn and candidate, so that its samples differ where they should).
+        episode, turn and candidate, so that its samples differ where they should). ``budget`` is
+        charged, and must cover each request's worst case before it is sent (none: no limit).
         """
         started = time.perf_counter()
-        ledgers = (self.usage, self.budget.usage, Usage())  # the gateway's, the evaluation's, this call's
+        budget = budget or Budget()
+        ledgers = (self.usage, budget.usage, Usage())  # the gateway's, the budget's, this call's
         texts = await self._chat(
+            budget,
             ledgers,
             messages,
             n,
@@ -189,6 +206,7 @@ class Gateway:
 
     async def _chat(
         self,
+        budget: Budget,
         ledgers: tuple[Usage, ...],
         messages: list[dict],
         n: int,
@@ -208,7 +226,9 @@ class Gateway:
                 usage.cached_calls += 1
             return [texts[i] for i in range(n)]
         missing = [i for i in range(n) if i not in texts]
-        first = await self._request(ledgers, messages, len(missing), temperature, max_tokens, json_mode, seed)
+        first = await self._request(
+            budget, ledgers, messages, len(missing), temperature, max_tokens, json_mode, seed
+        )
         self._store(key, texts, missing[: len(first.texts)], first.texts)
         missing = missing[len(first.texts) :]
         if missing:
@@ -217,7 +237,7 @@ class Gateway:
             seeds = [None if seed is None else seed + i for i in missing]
             extra = await asyncio.gather(
                 *(
-                    self._request(ledgers, messages, 1, temperature, max_tokens, json_mode, seed)
+                    self._request(budget, ledgers, messages, 1, temperature, max_tokens, json_mode, seed)
                     for seed in seeds
                 )
             )
@@ -233,6 +253,7 @@ class Gateway:
 
     async def _request(
         self,
+        budget: Budget,
         ledgers: tuple[Usage, ...],
         messages: list[dict],
         n: int,
@@ -247,14 +268,13 @@ class Gateway:
         prompt_bound = prompt_token_bound(messages)
         retries = connects = 0
         while True:
-            self.budget.check()
+            budget.check()
             await self._requests.acquire()
             await self._tokens.acquire(estimate)
             try:
                 async with self._slots:
                     # Checked again now that it is about to go out, and its worst case held until its
                     # usage is accounted: requests that waited for a slot cannot overshoot together.
-                    budget = self.budget
                     worst = (
                         prompt_bound + n * max_tokens,
                         self.prices.cost(self.model, prompt_bound, n * max_tokens),

@@ -15,16 +15,18 @@ run's spend, its defining settings and the turn's replies live in the run folder
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from w4s import workflows
-from w4s.config import option, positive
+from w4s.callbacks import CallbackHandler, TurnSummary
+from w4s.config import Config, option, positive
 from w4s.errors import BudgetExceeded, ConfigError
 from w4s.evaluation import EvaluationConfig, EvaluationResult, evaluate, select
 from w4s.feedback import build_feedback
@@ -32,34 +34,46 @@ from w4s.llm.gateway import Gateway
 from w4s.llm.limits import Budget
 from w4s.optimizer import prompts
 from w4s.optimizer.extraction import extract_workflow, static_check
+from w4s.optimizer.report import can_plot, turn_records, write_report
+from w4s.optimizer.result import BestWorkflow, OptimizeResult, RunPaths
 from w4s.optimizer.rewards import REWARD_KINDS, reward
 from w4s.optimizer.run_folder import RUN, RunFolder, atomic_write
 from w4s.optimizer.trajectory import TrajectoryStore, record_key
 from w4s.sandbox.config import SandboxConfig
-from w4s.tasks import get_task
-from w4s.tasks.base import Sample
+from w4s.sandbox.runner import RunnerFactory
+from w4s.sandbox.workflow import WorkflowSandbox
+from w4s.tasks.base import Sample, Task
 
 log = logging.getLogger(__name__)
 
 TRAJECTORIES = "trajectories.jsonl"
 STAGING = ".turn-staging.jsonl"
 BASELINES = "baselines.json"
+BEST_WORKFLOW = "best_workflow.py"
 
 
-def _task_names() -> list[str]:
-    from w4s.tasks import task_names
-
-    return task_names()
+def _how_to_evaluate(evaluation: EvaluationConfig | None) -> EvaluationConfig:
+    """The optimizer chooses the split, subset and budget of its evaluations; only how they run
+    (``concurrency``) comes from the caller. A setting it would ignore is refused instead."""
+    evaluation = evaluation or EvaluationConfig()
+    defaults = EvaluationConfig()
+    ignored = [
+        name
+        for name in ("split", "limit", "seed", "budget_usd", "budget_calls", "budget_tokens")
+        if getattr(evaluation, name) != getattr(defaults, name)
+    ]
+    if ignored:
+        raise ConfigError(
+            f"optimize sets the evaluations' {', '.join(ignored)} itself; use validation_limit, test_limit, "
+            "seed and budget_usd of the optimize settings"
+        )
+    return evaluation
 
 
 @dataclass
-class OptimizeConfig:
-    task: str = option(
-        "gsm8k",
-        "benchmark task to optimise a workflow for",
-        lambda v: v in _task_names(),
-        "use one of drop, gsm8k, gsm_hard, humaneval, mbpp, mgsm, svamp",
-    )
+class OptimizeConfig(Config):
+    """How an optimization run goes (the task it optimizes for is given beside it)."""
+
     turns: int = option(10, "turns of the meta-agent", positive)
     candidates: int = option(5, "candidate workflows sampled per turn (m)", positive)
     temperature: float = option(
@@ -81,7 +95,6 @@ class OptimizeConfig:
     )
     seed: int = option(0, "seed of the validation subset and the feedback cases")
     episode: int = option(0, "episode index written into the records", lambda v: v >= 0, "0 or more")
-    concurrency: int = option(8, "samples evaluated at once", positive)
     budget_usd: float | None = option(
         None,
         "the run's budget for executor and meta-agent together, across resumes: a request is sent only if "
@@ -112,8 +125,12 @@ def derive_seed(*parts: int) -> int:
 
 
 class Optimizer:
+    """One episode of the W4S decision process for ``task``, in the run folder ``out_dir``.
+    ``meta`` and ``executor`` are open gateways; ``evaluation`` says how evaluations run (concurrency)."""
+
     def __init__(
         self,
+        task: Task,
         cfg: OptimizeConfig,
         meta: Gateway,
         executor: Gateway,
@@ -121,8 +138,10 @@ class Optimizer:
         *,
         data_dir: str | os.PathLike | None = None,
         sandbox: SandboxConfig | None = None,
+        evaluation: EvaluationConfig | None = None,
         resume: bool = False,
-        on_event: Callable[[str, dict], None] | None = None,
+        callbacks: CallbackHandler | None = None,
+        runner: RunnerFactory = WorkflowSandbox,
     ):
         self.cfg = cfg
         self.meta = meta
@@ -130,8 +149,10 @@ class Optimizer:
         self.out = Path(out_dir).expanduser().resolve()
         self.data_dir = data_dir
         self.sandbox = sandbox or SandboxConfig()
-        self.task = get_task(cfg.task)
-        self.on_event = on_event or (lambda kind, data: None)
+        self.evaluation = _how_to_evaluate(evaluation)
+        self.runner = runner
+        self.task = task
+        self.callbacks = callbacks or CallbackHandler()
         self.out.mkdir(parents=True, exist_ok=True)
         existing = self.out / TRAJECTORIES
         if existing.exists() and existing.stat().st_size > 0 and not resume:
@@ -156,7 +177,7 @@ class Optimizer:
     def identity(self) -> dict:
         """The settings that define this run: a resume must not change them (see RunFolder)."""
         return {
-            "task": self.cfg.task,
+            "task": self.task.name,
             "episode": self.cfg.episode,
             "seed": self.cfg.seed,
             "validation_limit": self.cfg.validation_limit,
@@ -174,8 +195,8 @@ class Optimizer:
         """The run's spend so far, earlier processes included."""
         return self.folder.total(self.executor.usage, self.meta.usage)
 
-    def _save_spend(self, throttle: bool = False) -> None:
-        self.folder.save_spend(self.executor.usage, self.meta.usage, throttle)
+    def _save_spend(self) -> None:
+        self.folder.save_spend(self.executor.usage, self.meta.usage)
 
     def _remaining_usd(self) -> float | None:
         if self.cfg.budget_usd is None:
@@ -201,13 +222,11 @@ class Optimizer:
 
     # --- evaluation and the meta-agent -------------------------------------------------------------
     async def _evaluate(
-        self, source: str, samples: list[Sample], split: str = "validation"
+        self, source: str, samples: list[Sample], purpose: str, split: str = "validation"
     ) -> EvaluationResult:
         """A complete evaluation, or :class:`_Stopped`: an incomplete one is never used."""
         self._check_budget()
-        cfg = EvaluationConfig(
-            split=split, concurrency=self.cfg.concurrency, budget_usd=self._remaining_usd()
-        )
+        cfg = replace(self.evaluation, split=split, budget_usd=self._remaining_usd())
         try:
             result = await evaluate(
                 source,
@@ -216,7 +235,10 @@ class Optimizer:
                 cfg,
                 sandbox=self.sandbox,
                 samples=samples,
-                on_sample=lambda _outcome: self._save_spend(throttle=True),
+                workflow_label=purpose,
+                callbacks=self.callbacks,
+                purpose=purpose,
+                runner=self.runner,
             )
         finally:
             self._save_spend()
@@ -228,7 +250,6 @@ class Optimizer:
     async def _ask_meta(self, messages: list[dict], n: int, seed: int) -> list[str]:
         """The meta-agent's replies, within what is left of the run's budget."""
         self._check_budget()
-        self.meta.start_budget(Budget(max_usd=self._remaining_usd()))
         try:
             return await self.meta.chat(
                 messages,
@@ -236,6 +257,7 @@ class Optimizer:
                 temperature=self.cfg.temperature,
                 max_tokens=self.cfg.meta_max_tokens,
                 seed=seed,
+                budget=Budget(max_usd=self._remaining_usd()),
             )
         except BudgetExceeded as exc:
             self._stop(str(exc))
@@ -249,9 +271,8 @@ class Optimizer:
             return _read_baselines(path)
         scores = {}
         for name, source in workflows.examples(self.task.family).items():
-            result = await self._evaluate(source, self.validation)
+            result = await self._evaluate(source, self.validation, f"baseline:{name}")
             scores[name] = {"valid_score": result.score, "source": source, "usage": result.usage.to_dict()}
-            self.on_event("baseline", {"name": name, "score": result.score})
         atomic_write(path, json.dumps(scores, indent=2))
         return scores
 
@@ -314,7 +335,7 @@ class Optimizer:
             else:
                 error = static_check(workflow)
                 if error is None:
-                    check = await self._evaluate(workflow, self.validation[:1])
+                    check = await self._evaluate(workflow, self.validation[:1], "self-check")
                     sample = check.samples[0]
                     if sample.error is not None and sample.answer is None:
                         error, line = sample.error, sample.error_line
@@ -333,12 +354,9 @@ class Optimizer:
             record["repairs"].append({"error": error, "line": line, "reply": repaired[0]})
             current_reply = repaired[0]
             record["final_reply"] = current_reply
-            self.on_event(
-                "repair", {"turn": turn, "candidate": index, "attempt": attempt + 1, "error": error}
-            )
         if record["workflow"] is not None:
             record["error"] = None
-            result = await self._evaluate(record["workflow"], self.validation)
+            result = await self._evaluate(record["workflow"], self.validation, "validation")
             record["valid_score"] = result.score
             record["feedback"] = build_feedback(result, self.validation, seed=self.cfg.seed + turn)
         record["reward"] = reward(
@@ -348,21 +366,14 @@ class Optimizer:
             "executor": _delta(executor_before, self.executor.usage.to_dict()),
             "meta": _delta(meta_before, self.meta.usage.to_dict()),
         }
-        self.on_event(
-            "candidate",
-            {
-                "turn": turn,
-                "candidate": index,
-                "score": record["valid_score"],
-                "reward": record["reward"],
-                "error": record["error"],
-            },
-        )
+        self.callbacks.emit("on_candidate_end", copy.deepcopy(record))
         return record
 
     # --- the run -----------------------------------------------------------------------------------
-    async def run(self) -> dict:
+    async def run(self) -> OptimizeResult:
+        """Run (or resume) the episode; returns its result (also written as report.json)."""
         baselines: dict[str, dict] = {}
+        saver = asyncio.create_task(self._save_spend_every_second())
         try:
             baselines = await self.baselines()
             for turn in range(1, self.cfg.turns + 1):
@@ -371,12 +382,20 @@ class Optimizer:
                 await self.turn(turn, baselines)
         except _Stopped:
             log.warning("stopping: %s", self.stopped)
-        return await self.finish(baselines)
+        try:
+            return await self.finish(baselines)
+        finally:
+            saver.cancel()
+
+    async def _save_spend_every_second(self) -> None:
+        """While samples run, the spend so far reaches spend.json: a kill loses at most a second of it."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._save_spend()
 
     async def turn(self, turn: int, baselines: dict[str, dict]) -> None:
         state = self.state(baselines)
         prompt = self.messages(baselines, state)
-        self.on_event("turn", {"turn": turn, "best": state.best_score})
         staged = {
             r["candidate"]: r for r in self.staging if r["episode"] == self.cfg.episode and r["turn"] == turn
         }
@@ -414,15 +433,20 @@ class Optimizer:
         self.staging.path.unlink(missing_ok=True)
         self.staging = TrajectoryStore(self.out / STAGING)
         self.folder.clear_replies()
-        self.on_event(
-            "committed",
-            {"turn": turn, "selected": None if chosen is None else chosen["candidate"], "best": best_after},
+        self.callbacks.emit(
+            "on_turn_end",
+            TurnSummary(
+                self.cfg.episode,
+                turn,
+                None if chosen is None else chosen["candidate"],
+                best_after,
+                tuple(r["valid_score"] for r in records),
+                tuple(r["reward"] for r in records),
+            ),
         )
 
-    async def finish(self, baselines: dict[str, dict]) -> dict:
+    async def finish(self, baselines: dict[str, dict]) -> OptimizeResult:
         """Score the best validated workflow once on test (when the budget allows) and write the report."""
-        from w4s.optimizer.report import write_report
-
         options = [
             {"name": f"baseline:{name}", "source": b["source"], "valid_score": b["valid_score"], "turn": 0}
             for name, b in baselines.items()
@@ -440,16 +464,51 @@ class Optimizer:
         best = max(options, key=lambda o: (o["valid_score"], -o["turn"])) if options else None
         test_result = None
         if best is not None:
-            (self.out / "best_workflow.py").write_text(best["source"])
+            atomic_write(self.out / BEST_WORKFLOW, best["source"])
             if self.stopped is None:
                 test_samples = select(
                     self.task.load("test", self.data_dir), self.cfg.test_limit, self.cfg.seed
                 )
                 try:
-                    test_result = await self._evaluate(best["source"], test_samples, split="test")
+                    test_result = await self._evaluate(best["source"], test_samples, "test", split="test")
                 except _Stopped:
                     log.warning("the test split was not scored: %s", self.stopped)
-        return write_report(self, baselines, best, test_result)
+        result = self.result(baselines, best, test_result)
+        write_report(result)
+        return result
+
+    def result(
+        self, baselines: dict[str, dict], best: dict | None, test: EvaluationResult | None
+    ) -> OptimizeResult:
+        return OptimizeResult(
+            task=self.task.name,
+            episode=self.cfg.episode,
+            meta_model=self.meta.model,
+            executor=self.executor.model,
+            config=self.cfg.to_dict(),
+            best=None
+            if best is None
+            else BestWorkflow(
+                best["name"],
+                best["source"],
+                best["valid_score"],
+                None if test is None else test.score,
+                None if test is None else len(test.samples),
+            ),
+            baselines={name: b["valid_score"] for name, b in baselines.items()},
+            turns=turn_records([r for r in self.store if r["episode"] == self.cfg.episode]),
+            usage={side: usage.to_dict() for side, usage in self.spend().items()},  # all resumes
+            sandbox=self.sandbox_isolation,
+            stopped=self.stopped,
+            paths=RunPaths(
+                out_dir=str(self.out),
+                trajectories=str(self.out / TRAJECTORIES),
+                best_workflow=None if best is None else str(self.out / BEST_WORKFLOW),
+                report_json=str(self.out / "report.json"),
+                report_md=str(self.out / "report.md"),
+                curve_png=str(self.out / "curve.png") if can_plot() else None,
+            ),
+        )
 
 
 def _read_baselines(path: Path) -> dict[str, dict]:

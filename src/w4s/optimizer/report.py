@@ -1,71 +1,56 @@
-"""The optimizer's outputs beside the trajectories: report.json, report.md and curve.png."""
+"""The optimizer's outputs beside the trajectories: report.json, report.md and curve.png.
+
+Everything here works on data (an :class:`~w4s.optimizer.result.OptimizeResult` and trajectory
+records), never on the optimizer itself.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
-from typing import TYPE_CHECKING
+import logging
+from pathlib import Path
 
-if TYPE_CHECKING:
-    from w4s.evaluation import EvaluationResult
-    from w4s.optimizer.loop import Optimizer
+from w4s.optimizer.result import CandidateSummary, OptimizeResult, TurnRecord
+from w4s.optimizer.run_folder import atomic_write
+
+log = logging.getLogger(__name__)
 
 
-def _turns(records: list[dict]) -> list[dict]:
+def turn_records(records: list[dict]) -> list[TurnRecord]:
+    """The turns of committed trajectory records, in order."""
     turns: dict[int, dict] = {}
     for record in records:
         entry = turns.setdefault(record["turn"], {"turn": record["turn"], "candidates": [], "selected": None})
         entry["candidates"].append(
-            {
-                "candidate": record["candidate"],
-                "valid_score": record["valid_score"],
-                "reward": record["reward"],
-                "repairs": len(record.get("repairs", [])),
-                "error": record["error"],
-            }
+            CandidateSummary(
+                record["candidate"],
+                record["valid_score"],
+                record["reward"],
+                len(record.get("repairs", [])),
+                record["error"],
+            )
         )
         if record["selected"]:
             entry["selected"] = record["candidate"]
         entry["best_after"] = record.get("best_after")
-    return [turns[t] for t in sorted(turns)]
+    return [TurnRecord(**turns[t]) for t in sorted(turns)]
 
 
-def write_report(
-    optimizer: Optimizer, baselines: dict[str, dict], best: dict | None, test: EvaluationResult | None
-) -> dict:
-    """``best`` is None when the run stopped before any workflow was scored."""
-    out = optimizer.out
-    records = [r for r in optimizer.store if r["episode"] == optimizer.cfg.episode]
-    report = {
-        "task": optimizer.task.name,
-        "episode": optimizer.cfg.episode,
-        "config": {k: v for k, v in vars(optimizer.cfg).items()},
-        "meta_model": optimizer.meta.model,
-        "executor": optimizer.executor.model,
-        "best": None
-        if best is None
-        else {
-            "name": best["name"],
-            "valid_score": best["valid_score"],
-            "test_score": None if test is None else test.score,
-            "test_samples": None if test is None else len(test.samples),
-        },
-        "baselines": {name: b["valid_score"] for name, b in baselines.items()},
-        "turns": _turns(records),
-        "usage": {side: usage.to_dict() for side, usage in optimizer.spend().items()},  # all resumes
-        "sandbox": optimizer.sandbox_isolation,
-        "stopped": optimizer.stopped,
-    }
-    _atomic_write(out / "report.json", json.dumps(report, indent=2) + "\n")
-    _atomic_write(out / "report.md", _markdown(report))
-    _plot(report, out / "curve.png")
-    return report
+def can_plot() -> bool:
+    """curve.png needs matplotlib (the 'plot' extra)."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
-def _atomic_write(path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_report(result: OptimizeResult) -> None:
+    """report.json (the result itself), report.md and, where matplotlib is installed, curve.png."""
+    report = result.to_dict()
+    atomic_write(Path(result.paths.report_json), json.dumps(report, indent=2) + "\n")
+    atomic_write(Path(result.paths.report_md), _markdown(report))
+    if result.paths.curve_png is not None:
+        _plot(report, Path(result.paths.curve_png))
+    else:
+        log.info("no curve.png: matplotlib is not installed (pip install 'w4s[plot]')")
 
 
 def _pct(value) -> str:
@@ -168,4 +153,4 @@ def _plot(report: dict, path) -> None:
     tmp = path.with_suffix(".tmp.png")
     figure.savefig(tmp)
     plt.close(figure)
-    os.replace(tmp, path)
+    tmp.replace(path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 from w4s.errors import ConfigError
@@ -28,7 +27,6 @@ RUN = "run.json"
 SPEND = "spend.json"
 REPLIES = ".turn-replies.json"
 FORMAT = 1
-_SPEND_EVERY_S = 1.0  # while a candidate is evaluated, its spend so far is saved at most this often
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -55,7 +53,6 @@ class RunFolder:
     def __init__(self, path: Path, identity: dict, resume: bool):
         self.path = path
         self.identity = identity
-        self._saved_at = 0.0
         run_file = path / RUN
         if run_file.exists():
             if not resume:
@@ -104,11 +101,7 @@ class RunFolder:
             totals[side] = total
         return totals
 
-    def save_spend(self, executor: Usage, meta: Usage, throttle: bool = False) -> None:
-        now = time.monotonic()
-        if throttle and now - self._saved_at < _SPEND_EVERY_S:
-            return
-        self._saved_at = now
+    def save_spend(self, executor: Usage, meta: Usage) -> None:
         totals = self.total(executor, meta)
         atomic_write(
             self.path / SPEND, json.dumps({k: v.to_dict() for k, v in totals.items()}, indent=2) + "\n"

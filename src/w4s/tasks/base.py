@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import math
+import os
 import random
 import zlib
 from abc import ABC, abstractmethod
@@ -14,9 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from w4s.errors import ConfigError, InfrastructureError
-from w4s.tasks import resolve_data_dir
 
 log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "W4S_DATA_DIR"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The benchmark folder: ``data_dir``, else ``$W4S_DATA_DIR``; it must exist."""
+    chosen = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not chosen:
+        raise ConfigError(f"no benchmark data: pass --data-dir or set {DATA_DIR_ENV} to the datasets folder")
+    path = Path(chosen).expanduser().resolve()
+    if not path.is_dir():
+        raise ConfigError(
+            f"benchmark data folder {path} does not exist; pass --data-dir or set {DATA_DIR_ENV}"
+        )
+    return path
+
+
 SPLITS = ("validation", "test")
 MAX_ANSWER_DEPTH = 64
 MAX_ANSWER_ITEMS = 100_000
@@ -27,11 +44,11 @@ _FETCH_AGAIN = (
 
 @dataclass(frozen=True)
 class Sample:
-    """One benchmark item. ``task`` is what ``solver(agent, task)`` receives; ``expected`` never
-    enters the sandbox."""
+    """One benchmark item. ``prompt`` is what the workflow's ``solver(agent, task)`` receives as
+    ``task``; ``expected`` never enters the sandbox."""
 
     id: str
-    task: str
+    prompt: str
     expected: Any
     extra: dict = field(default_factory=dict, compare=False)
 
@@ -53,24 +70,29 @@ class Task(ABC):
     name: str
     family: str
     description: str
+    data_dir: Path | None = None  # where load() reads when it is not told (w4s.load_task sets it)
 
     def load(self, split: str, data_dir: str | Path | None = None) -> list[Sample]:
         if split not in SPLITS:
             raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-        return self._load(split, resolve_data_dir(data_dir))
+        return self._load(split, resolve_data_dir(data_dir or self.data_dir))
 
     @abstractmethod
     def _load(self, split: str, data_dir: Path) -> list[Sample]: ...
 
-    def score(self, sample: Sample, answer: Any) -> Score:
+    def score(self, sample: Sample, answer: Any, *, scorer: Any = None) -> Score:
         """Score one answer (whatever a workflow returned) in 0..1. Never raises for an answer: one
         that cannot be scored scores 0 and the run goes on (only infrastructure failures, such as a
-        code scorer's sandbox that cannot start, propagate)."""
+        code scorer's sandbox that cannot start, propagate).
+
+        ``scorer``: for code tasks, the :class:`~w4s.sandbox.code_scoring.CodeScorer` to run the hidden
+        tests in (an evaluation passes its own); without one, a scorer is started for this answer
+        and closed. Other tasks take none."""
         plain, problem = plain_answer(answer)
         if problem is not None:
             return Score(0.0, problem)
         try:
-            scored = self._score(sample, plain)
+            scored = self._score(sample, plain) if scorer is None else self._score(sample, plain, scorer)
         except InfrastructureError:
             raise
         except Exception as exc:  # noqa: BLE001 - one answer never ends a run; the kind is logged, not the value

@@ -70,16 +70,7 @@ class _CodeTask(Task):
     score_timeout_s: float = 3.0
 
     def __init__(self) -> None:
-        self._scorer: CodeScorer | None = None
         self._expected: dict[str, tuple[tuple[str, ...], str]] = {}
-
-    def scorer(self) -> CodeScorer:
-        if self._scorer is None:
-            self._scorer = CodeScorer()
-        return self._scorer
-
-    def use_scorer(self, scorer: CodeScorer) -> None:
-        self._scorer = scorer
 
     def program(self, sample: Sample, code: str) -> str:
         raise NotImplementedError
@@ -111,11 +102,15 @@ class _CodeTask(Task):
             )
         return self._expected[sample.id]
 
-    def _score(self, sample: Sample, answer: Any) -> Score:
+    def _score(self, sample: Sample, answer: Any, scorer: CodeScorer | None = None) -> Score:
         problem = self.problem(sample, answer)
         if problem is None:
             return Score(0.0, "the answer holds no code")
-        result = self.scorer().check(problem)
+        if scorer is None:  # called directly: a scorer for this answer alone, closed after it
+            with CodeScorer() as own:
+                result = own.check(problem)
+        else:
+            result = scorer.check(problem)
         return Score(1.0 if result.passed else 0.0, result.error)
 
 

@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
+from w4s.callbacks import CallbackHandler, RunInfo
 from w4s.errors import ConfigError, InfrastructureError
 from w4s.extras import require
 from w4s.training.config import TrainConfig
 from w4s.training.dataset import Collator, build_examples, read_records, tokenize
+from w4s.training.result import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,18 @@ def _report_to(cfg: TrainConfig) -> list[str]:
     return ["mlflow"]
 
 
-def main(cfg: TrainConfig, trajectories: list[str]) -> dict:
+def main(
+    cfg: TrainConfig,
+    trajectories: list[str],
+    callbacks: CallbackHandler | None = None,
+    run: RunInfo | None = None,
+) -> TrainResult:
+    """Train, write the checkpoint and training_summary.json (the result). ``callbacks`` hear
+    ``on_run_start(run)`` once the inputs are accepted, and ``on_log`` with the trainer's metrics at
+    every logging step."""
     require("train", "torch", "transformers", "accelerate", "peft")
     import torch
-    from transformers import TrainingArguments
+    from transformers import TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     from w4s.training.trainer import WeightedTrainer
@@ -88,6 +97,8 @@ def main(cfg: TrainConfig, trajectories: list[str]) -> dict:
     out = Path(cfg.output).expanduser().resolve()
     examples = build_examples(read_records(trajectories), cfg)
     model, tokenizer, use_bf16 = load_base(cfg)
+    if callbacks and run is not None:
+        callbacks.emit("on_run_start", run)
     rows = tokenize(examples, tokenizer, cfg)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -120,8 +131,20 @@ def main(cfg: TrainConfig, trajectories: list[str]) -> dict:
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
+
+    class _Forward(TrainerCallback):
+        """The trainer's log lines to w4s callbacks (which run on their own thread)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if callbacks and logs:
+                callbacks.emit("on_log", {"step": state.global_step, **logs})
+
     trainer = WeightedTrainer(
-        model=model, args=args, train_dataset=rows, data_collator=Collator(tokenizer.pad_token_id)
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=Collator(tokenizer.pad_token_id),
+        callbacks=[_Forward()],
     )
     resume = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
     if cfg.resume and resume is None:
@@ -138,24 +161,24 @@ def main(cfg: TrainConfig, trajectories: list[str]) -> dict:
     tokenizer.save_pretrained(out / "model")
     tokens = sum(len(r["input_ids"]) for r in rows)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    summary = {
-        "examples": len(rows),
-        "dropped_too_long": len(examples) - len(rows),
-        "tokens_per_epoch": tokens,
-        "steps": trainer.state.global_step,
-        "epochs": round(trainer.state.epoch or 0.0, 4),
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
-        "train_loss": result.training_loss,
-        "seconds": round(seconds, 3),
-        "tokens_per_second": round(tokens * (trainer.state.epoch or 0) / seconds, 1) if seconds else None,
-        "weights": {"min": min(e.weight for e in examples), "max": max(e.weight for e in examples)},
-        "rewards": sorted({e.reward for e in examples}),
-        "resumed_from": resume,
-        "model": str(out / "model"),
-        "lora": cfg.lora,
-        "merged": cfg.lora and cfg.merge_lora,
-        "config": asdict(cfg),
-    }
-    (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = TrainResult(
+        model=str(out / "model"),
+        examples=len(rows),
+        dropped_too_long=len(examples) - len(rows),
+        tokens_per_epoch=tokens,
+        steps=trainer.state.global_step,
+        epochs=round(trainer.state.epoch or 0.0, 4),
+        first_loss=losses[0] if losses else None,
+        final_loss=losses[-1] if losses else None,
+        train_loss=result.training_loss,
+        seconds=round(seconds, 3),
+        tokens_per_second=round(tokens * (trainer.state.epoch or 0) / seconds, 1) if seconds else None,
+        weights={"min": min(e.weight for e in examples), "max": max(e.weight for e in examples)},
+        rewards=sorted({e.reward for e in examples}),
+        resumed_from=resume,
+        lora=cfg.lora,
+        merged=cfg.lora and cfg.merge_lora,
+        config=cfg.to_dict(),
+    )
+    (out / "training_summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary

@@ -1,0 +1,297 @@
+"""The public Python API: one function per stage, each the code path the CLI uses too.
+
+>>> import w4s
+>>> task = w4s.load_task("gsm8k", "datasets/")
+>>> result = w4s.evaluate("cot", task, executor=w4s.ExecutorConfig(model="gpt-4o-mini"))
+>>> run = w4s.optimize(task, w4s.OptimizeConfig(turns=5), out_dir="runs/gsm8k")
+>>> trained = w4s.train(run.paths.trajectories, w4s.TrainConfig(base_model="Qwen/...", output="ckpt"))
+
+Every stage takes its configuration dataclasses (``to_dict``/``from_dict``), ``callbacks`` (see
+:mod:`w4s.callbacks`) and returns a typed result with ``to_dict``. ``evaluate`` and ``optimize``
+have async forms (``aevaluate``, ``aoptimize``) for use inside an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from w4s import workflows
+from w4s.callbacks import Callback, CallbackHandler, RunInfo
+from w4s.errors import ConfigError
+from w4s.evaluation import EvaluationConfig, EvaluationResult, select
+from w4s.evaluation import evaluate as _evaluate
+from w4s.llm.config import EndpointConfig
+from w4s.llm.gateway import META_API_KEYS, Gateway
+from w4s.optimizer.loop import OptimizeConfig, Optimizer
+from w4s.optimizer.result import OptimizeResult
+from w4s.sandbox.config import SandboxConfig
+from w4s.sandbox.runner import RunnerFactory
+from w4s.sandbox.workflow import WorkflowSandbox
+from w4s.tasks import get_task, resolve_data_dir
+from w4s.tasks.base import Task
+from w4s.training.config import TrainConfig
+from w4s.training.result import TrainResult
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A workflow's source and the name it is reported under (a file path or ``family/name``)."""
+
+    name: str
+    source: str
+
+    @classmethod
+    def from_source(cls, source: str, name: str = "workflow") -> Workflow:
+        return cls(name, source)
+
+
+def load_task(name: str | Task, data_dir: str | os.PathLike | None = None) -> Task:
+    """The benchmark task ``name`` (see :func:`w4s.tasks.task_names`), reading its data from
+    ``data_dir`` (default: ``$W4S_DATA_DIR``) when a split is loaded."""
+    task = name if isinstance(name, Task) else get_task(name)
+    if data_dir is not None:
+        task.data_dir = resolve_data_dir(data_dir)
+    return task
+
+
+def load_workflow(path_or_name: str | os.PathLike | Workflow, task: str | Task | None = None) -> Workflow:
+    """A workflow file, or the name of a shipped example for ``task``'s family (``cot``, ``pot``...)."""
+    if isinstance(path_or_name, Workflow):
+        return path_or_name
+    reference = os.fspath(path_or_name)
+    if task is None and not Path(reference).expanduser().is_file():
+        raise ConfigError(f"workflow {reference!r} is not a file; name the task to use a shipped example")
+    family = load_task(task).family if task is not None else workflows.FAMILIES[0]  # unused for a file
+    name, source = workflows.resolve(reference, family)
+    return Workflow(name, source)
+
+
+# --- evaluate --------------------------------------------------------------------------------------
+
+
+async def aevaluate(
+    workflow: str | os.PathLike | Workflow,
+    task: str | Task,
+    config: EvaluationConfig | None = None,
+    executor: EndpointConfig | None = None,
+    sandbox: SandboxConfig | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    callbacks: Iterable[Callback] = (),
+    gateway: Gateway | None = None,
+    runner: RunnerFactory = WorkflowSandbox,
+) -> EvaluationResult:
+    """Score ``workflow`` on a split of ``task`` with the executor. Raises only for infrastructure
+    failures and bad configuration (ConfigError); every workflow failure is in the result.
+
+    ``gateway``: an open :class:`~w4s.llm.gateway.Gateway` to share between evaluations (each still
+    has its own budget); by default one is made from ``executor`` and closed at the end.
+    """
+    task = load_task(task, data_dir)
+    workflow = load_workflow(workflow, task)
+    config = config or EvaluationConfig()
+    sandbox = sandbox or SandboxConfig()
+    samples = select(task.load(config.split), config.limit, config.seed)  # damaged data: refused now
+    run = RunInfo(
+        "evaluate",
+        f"{workflow.name} on {task.name}",
+        {"evaluation": config.to_dict(), "sandbox": sandbox.to_dict(), "executor": _public(executor)},
+    )
+    with CallbackHandler(callbacks) as handler:
+        async with _gateway(gateway, executor or EndpointConfig()) as open_gateway:
+            handler.emit("on_run_start", run)  # once what can be refused (the endpoint, its cache) is not
+            result = await _evaluate(
+                workflow.source,
+                task,
+                open_gateway,
+                config,
+                sandbox=sandbox,
+                samples=samples,
+                workflow_label=workflow.name,
+                callbacks=handler,
+                runner=runner,
+            )
+        handler.emit("on_run_end", result)
+    return result
+
+
+def evaluate(
+    workflow: str | os.PathLike | Workflow,
+    task: str | Task,
+    config: EvaluationConfig | None = None,
+    executor: EndpointConfig | None = None,
+    sandbox: SandboxConfig | None = None,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    callbacks: Iterable[Callback] = (),
+    runner: RunnerFactory = WorkflowSandbox,
+) -> EvaluationResult:
+    """:func:`aevaluate` from synchronous code (it runs its own event loop)."""
+    return asyncio.run(
+        aevaluate(
+            workflow,
+            task,
+            config,
+            executor,
+            sandbox,
+            data_dir=data_dir,
+            callbacks=callbacks,
+            runner=runner,
+        )
+    )
+
+
+# --- optimize --------------------------------------------------------------------------------------
+
+
+async def aoptimize(
+    task: str | Task,
+    config: OptimizeConfig | None = None,
+    *,
+    out_dir: str | os.PathLike,
+    meta: EndpointConfig | None = None,
+    executor: EndpointConfig | None = None,
+    sandbox: SandboxConfig | None = None,
+    evaluation: EvaluationConfig | None = None,
+    data_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    callbacks: Iterable[Callback] = (),
+    runner: RunnerFactory = WorkflowSandbox,
+) -> OptimizeResult:
+    """Run (or, with ``resume``, continue) one episode of the W4S optimizer for ``task`` in the run
+    folder ``out_dir``: the meta-agent (``meta``) writes workflows that the ``executor`` runs.
+
+    The meta-agent's key comes from ``W4S_META_API_KEY`` (else ``OPENAI_API_KEY``) unless ``meta``
+    says otherwise, and it uses no response cache unless ``meta.cache_path`` names one (its replies
+    are the data a run collects). ``evaluation`` sets how evaluations run (``concurrency``).
+    """
+    task = load_task(task, data_dir)
+    config = config or OptimizeConfig()
+    meta = meta_config(meta)
+    executor = executor or EndpointConfig()
+    sandbox = sandbox or SandboxConfig()
+    run = RunInfo(
+        "optimize",
+        task.name,
+        {
+            "optimize": config.to_dict(),
+            "evaluation": (evaluation or EvaluationConfig()).to_dict(),
+            "sandbox": sandbox.to_dict(),
+            "meta": _public(meta),
+            "executor": _public(executor),
+        },
+        str(Path(out_dir).expanduser().resolve()),
+    )
+    with CallbackHandler(callbacks) as handler:
+        async with Gateway(executor) as executor_gateway, Gateway(meta) as meta_gateway:
+            optimizer = Optimizer(
+                task,
+                config,
+                meta_gateway,
+                executor_gateway,
+                out_dir,
+                data_dir=data_dir,
+                sandbox=sandbox,
+                evaluation=evaluation,
+                resume=resume,
+                callbacks=handler,
+                runner=runner,
+            )
+            handler.emit("on_run_start", run)  # once the run folder and the endpoints are accepted
+            result = await optimizer.run()
+        handler.emit("on_run_end", result)
+    return result
+
+
+def optimize(
+    task: str | Task,
+    config: OptimizeConfig | None = None,
+    *,
+    out_dir: str | os.PathLike,
+    meta: EndpointConfig | None = None,
+    executor: EndpointConfig | None = None,
+    sandbox: SandboxConfig | None = None,
+    evaluation: EvaluationConfig | None = None,
+    data_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    callbacks: Iterable[Callback] = (),
+    runner: RunnerFactory = WorkflowSandbox,
+) -> OptimizeResult:
+    """:func:`aoptimize` from synchronous code (it runs its own event loop)."""
+    return asyncio.run(
+        aoptimize(
+            task,
+            config,
+            out_dir=out_dir,
+            meta=meta,
+            executor=executor,
+            sandbox=sandbox,
+            evaluation=evaluation,
+            data_dir=data_dir,
+            resume=resume,
+            callbacks=callbacks,
+            runner=runner,
+        )
+    )
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+
+def train(
+    trajectories: str | os.PathLike | Iterable[str | os.PathLike],
+    config: TrainConfig,
+    *,
+    callbacks: Iterable[Callback] = (),
+) -> TrainResult:
+    """Reward-weighted regression of the meta-agent (``config.base_model``) on trajectory files from
+    :func:`optimize`; writes ``config.output``/model and training_summary.json (the result).
+    Needs the 'train' extra (torch, trl, peft, accelerate). ``callbacks`` hear ``on_log`` with the
+    trainer's metrics at every logging step."""
+    paths = [trajectories] if isinstance(trajectories, str | os.PathLike) else list(trajectories)
+    from w4s.training.train import main as train_main  # torch is imported only by training
+
+    run = RunInfo("train", config.base_model, {"train": config.to_dict()}, config.output)
+    with CallbackHandler(callbacks) as handler:
+        result = train_main(config, [os.fspath(p) for p in paths], callbacks=handler, run=run)
+        handler.emit("on_run_end", result)
+    return result
+
+
+def meta_config(meta: EndpointConfig | None) -> EndpointConfig:
+    """The meta-agent's endpoint: its own key variables by default, and no cache unless one is named."""
+    meta = meta or EndpointConfig()
+    return replace(
+        meta,
+        api_key_env=meta.api_key_env or META_API_KEYS,
+        cache_path="off" if meta.cache_path is None else meta.cache_path,
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _public(cfg: EndpointConfig | None) -> dict:
+    """An endpoint's settings for callbacks and reports (no key is held in them: only variable names)."""
+    return (cfg or EndpointConfig()).to_dict()
+
+
+class _gateway:
+    """``async with`` the caller's open gateway (left open), or a new one (closed at the end)."""
+
+    def __init__(self, shared: Gateway | None, cfg: EndpointConfig):
+        self.shared, self.cfg, self.own = shared, cfg, None
+
+    async def __aenter__(self) -> Gateway:
+        if self.shared is not None:
+            return self.shared
+        self.own = Gateway(self.cfg)
+        return self.own
+
+    async def __aexit__(self, *exc) -> None:
+        if self.own is not None:
+            await self.own.aclose()
