@@ -177,3 +177,35 @@ def test_importing_w4s_is_light():
         timeout=60,
     )
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_the_script_of_docs_api_md(executor_server, data_dir, tmp_path):
+    """The three stages through the API only, as docs/api.md shows them: evaluate, optimize, train."""
+    from tests.optimizer.scenario import script
+    from tests.training import tiny
+
+    executor_server.script(**script(data_dir, 4))
+    endpoint = w4s.ExecutorConfig(base_url=executor_server.url, cache_path="off")
+
+    task = w4s.load_task("gsm8k", data_dir)
+    result = w4s.evaluate("cot", task, w4s.EvaluationConfig(limit=4), endpoint)
+    run = w4s.optimize(
+        task,
+        w4s.OptimizeConfig(turns=1, candidates=3, validation_limit=4, test_limit=4),
+        out_dir=tmp_path / "run",
+        meta=w4s.MetaAgentConfig(base_url=executor_server.url),
+        executor=endpoint,
+        sandbox=w4s.SandboxConfig(timeout_s=1.5),
+    )
+    trained = w4s.train(
+        run.paths.trajectories,
+        w4s.TrainConfig(
+            base_model=str(tiny.save_base(tmp_path / "base")), output=str(tmp_path / "ckpt"), max_steps=2
+        ),
+    )
+
+    assert result.complete and len(result.samples) == 4
+    assert run.stopped is None and run.best is not None and len(run.turns) == 1
+    assert [c.reward for c in run.turns[0].candidates] == [1.0, 1.0, -0.1]
+    assert w4s.OptimizeResult.load(tmp_path / "run") == run
+    assert trained.steps == 2 and trained.examples == 3 and w4s.TrainResult.load(tmp_path / "ckpt") == trained

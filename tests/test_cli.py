@@ -38,3 +38,23 @@ def test_bad_input_gives_one_clear_line(tmp_path):
         assert done.returncode == 2, (args, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and lines[0].startswith("w4s: error: "), done.stderr
+
+
+def test_one_config_file_per_command_with_a_section_per_configuration(tmp_path, data_dir):
+    import os
+
+    config = tmp_path / "evaluate.yaml"
+    config.write_text("evaluation:\n  limit: 0\nsandbox:\n  memory_mb: 256\n")
+    done = w4s("evaluate", "cot", "--task", "gsm8k", "--data-dir", str(data_dir), "--config", str(config))
+    assert (
+        done.returncode == 2 and "EvaluationConfig.limit=0 is invalid" in done.stderr
+    )  # the section was read
+    config.write_text("evaluation:\n  limit: 2\nsampling:\n  x: 1\n")
+    done = w4s("evaluate", "cot", "--task", "gsm8k", "--data-dir", str(data_dir), "--config", str(config))
+    assert (
+        done.returncode == 2
+        and "unknown section(s) sampling; this command reads evaluation, executor, sandbox" in (done.stderr)
+    )
+    config.write_text("sandbox:\n  memory_mb: 5\n")
+    done = w4s("sandbox", "doctor", "--config", str(config), env={**os.environ})
+    assert done.returncode == 2 and "memory_mb=5 is invalid" in done.stderr

@@ -20,6 +20,7 @@ import w4s.llm.transport
 from w4s.llm.backends import OpenAIBackend, Rejected, Retryable, Unreachable
 from w4s.llm.config import EndpointConfig
 from w4s.llm.gateway import Gateway
+from w4s.llm.limits import Budget
 from w4s.llm.transport import ResponseTooLarge, StreamTransport, httpx, proxy_configured
 
 REPLY = {
@@ -508,9 +509,12 @@ def test_a_reply_over_the_cap_is_rejected_for_that_request_only_and_never_retrie
             backend = OpenAIBackend("m", server.url, "k", 5.0, max_response_bytes=4096)
             gateway = Gateway(EndpointConfig(base_url=server.url, cache_path="off", max_retries=3), backend)
             try:
+                budget = Budget(max_calls=10)
                 with pytest.raises(Rejected, match="over 4096 bytes"):
-                    await gateway.chat([{"role": "user", "content": "hi"}], max_tokens=5)
+                    await gateway.chat([{"role": "user", "content": "hi"}], max_tokens=5, budget=budget)
                 assert len(server.requests) == 1  # not retried
+                # The endpoint did the work: it is charged, at the request's worst case.
+                assert (budget.usage.llm_calls, budget.usage.completion_tokens) == (1, 5)
                 assert await gateway.chat([{"role": "user", "content": "hi"}], max_tokens=5) == ["hello"]
             finally:
                 await gateway.aclose()

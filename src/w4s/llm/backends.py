@@ -60,7 +60,12 @@ class Unreachable(Exception):
 
 
 class Rejected(Exception):
-    """The endpoint refused this request (400, 422, content filter): the workflow's problem."""
+    """The endpoint refused this request (400, 422, content filter): the workflow's problem.
+    ``billed``: the endpoint did the work (a reply too large to accept), so it is charged."""
+
+    def __init__(self, reason: str, billed: bool = False):
+        super().__init__(reason)
+        self.billed = billed
 
 
 class Backend(Protocol):
@@ -216,7 +221,8 @@ class OpenAIBackend:
     def _too_large(self) -> Rejected:
         return Rejected(
             f"the executor's reply is over {self.max_response_bytes} bytes; ask for fewer or shorter "
-            "completions (or raise the backend's max_response_bytes)"
+            "completions (or raise the backend's max_response_bytes)",
+            billed=True,
         )
 
     async def aclose(self) -> None:

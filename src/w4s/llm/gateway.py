@@ -295,6 +295,11 @@ class Gateway:
                             seed=seed,
                         )
                         self._account(ledgers, completion, messages, prompt_bound, n * max_tokens)
+                    except Rejected as exc:
+                        if exc.billed:  # the work was done (and paid for), the reply not taken: worst case
+                            spent = Completion([], prompt_bound, n * max_tokens)
+                            self._account(ledgers, spent, messages, prompt_bound, n * max_tokens)
+                        raise
                     finally:
                         budget.release(held)
             except Retryable as exc:
