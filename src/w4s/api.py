@@ -14,6 +14,7 @@ have async forms (``aevaluate``, ``aoptimize``) for use inside an event loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -102,7 +103,7 @@ async def aevaluate(
         {"evaluation": config.to_dict(), "sandbox": sandbox.to_dict(), "executor": _public(executor)},
     )
     with CallbackHandler(callbacks) as handler:
-        async with _gateway(gateway, executor or EndpointConfig()) as open_gateway:
+        async with _OpenGateway(gateway, executor or EndpointConfig()) as open_gateway:
             handler.emit("on_run_start", run)  # once what can be refused (the endpoint, its cache) is not
             result = await _evaluate(
                 workflow.source,
@@ -119,30 +120,11 @@ async def aevaluate(
     return result
 
 
-def evaluate(
-    workflow: str | os.PathLike | Workflow,
-    task: str | Task,
-    config: EvaluationConfig | None = None,
-    executor: EndpointConfig | None = None,
-    sandbox: SandboxConfig | None = None,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    callbacks: Iterable[Callback] = (),
-    runner: RunnerFactory = WorkflowSandbox,
-) -> EvaluationResult:
-    """:func:`aevaluate` from synchronous code (it runs its own event loop)."""
-    return asyncio.run(
-        aevaluate(
-            workflow,
-            task,
-            config,
-            executor,
-            sandbox,
-            data_dir=data_dir,
-            callbacks=callbacks,
-            runner=runner,
-        )
-    )
+@functools.wraps(aevaluate)
+def evaluate(*args, **kwargs) -> EvaluationResult:
+    """:func:`aevaluate` from synchronous code (it runs its own event loop); the same arguments
+    (a ``gateway`` to share only makes sense inside an event loop: use :func:`aevaluate` there)."""
+    return asyncio.run(aevaluate(*args, **kwargs))
 
 
 # --- optimize --------------------------------------------------------------------------------------
@@ -207,36 +189,10 @@ async def aoptimize(
     return result
 
 
-def optimize(
-    task: str | Task,
-    config: OptimizeConfig | None = None,
-    *,
-    out_dir: str | os.PathLike,
-    meta: EndpointConfig | None = None,
-    executor: EndpointConfig | None = None,
-    sandbox: SandboxConfig | None = None,
-    evaluation: EvaluationConfig | None = None,
-    data_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    callbacks: Iterable[Callback] = (),
-    runner: RunnerFactory = WorkflowSandbox,
-) -> OptimizeResult:
-    """:func:`aoptimize` from synchronous code (it runs its own event loop)."""
-    return asyncio.run(
-        aoptimize(
-            task,
-            config,
-            out_dir=out_dir,
-            meta=meta,
-            executor=executor,
-            sandbox=sandbox,
-            evaluation=evaluation,
-            data_dir=data_dir,
-            resume=resume,
-            callbacks=callbacks,
-            runner=runner,
-        )
-    )
+@functools.wraps(aoptimize)
+def optimize(*args, **kwargs) -> OptimizeResult:
+    """:func:`aoptimize` from synchronous code (it runs its own event loop); the same arguments."""
+    return asyncio.run(aoptimize(*args, **kwargs))
 
 
 # --- train -----------------------------------------------------------------------------------------
@@ -280,7 +236,7 @@ def _public(cfg: EndpointConfig | None) -> dict:
     return (cfg or EndpointConfig()).to_dict()
 
 
-class _gateway:
+class _OpenGateway:
     """``async with`` the caller's open gateway (left open), or a new one (closed at the end)."""
 
     def __init__(self, shared: Gateway | None, cfg: EndpointConfig):

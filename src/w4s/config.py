@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -72,15 +73,34 @@ class Config:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{cls.__name__} must be a mapping of its fields, got {type(data).__name__}")
         values = dict(data)
-        version = values.pop("version", cls.VERSION)
-        if type(version) is not int or not 1 <= version <= cls.VERSION:
-            raise ConfigError(
-                f"{cls.__name__} version {version!r} is not one this w4s reads (1 to {cls.VERSION}); upgrade w4s"
-            )
+        check_version(cls, values.pop("version", cls.VERSION))
         _refuse_unknown(cls, values)
         cfg = cls(**values)
         validate(cfg)
         return cfg
+
+
+def check_version(cls: type, version: object) -> None:
+    """A versioned dict (a config, a result) must come from this w4s or an older one."""
+    newest = getattr(cls, "VERSION", 1)
+    if type(version) is not int or not 1 <= version <= newest:
+        raise ConfigError(
+            f"{cls.__name__} version {version!r} is not one this w4s reads (1 to {newest}); upgrade w4s"
+        )
+
+
+def read_record(path: str | Path, file_name: str, what: str) -> dict:
+    """A JSON object written by w4s (``path``, or ``path``/``file_name`` for a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / file_name
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path} ({type(exc).__name__}); is it {what}?") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not {what}")
+    return data
 
 
 def _plain(value: Any) -> Any:

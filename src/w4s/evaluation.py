@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from w4s.callbacks import CallbackHandler, EvaluationInfo, EvaluationProgress
-from w4s.config import Config, option, positive
+from w4s.config import Config, check_version, option, positive
 from w4s.errors import ConfigError
 from w4s.llm.gateway import Gateway
 from w4s.llm.limits import Budget, Usage
@@ -127,10 +127,8 @@ class EvaluationResult:
     @classmethod
     def from_dict(cls, data: dict) -> EvaluationResult:
         """Inverse of :meth:`to_dict`; ConfigError for a dict that is not one (or from a newer w4s)."""
+        check_version(cls, data.get("version") if isinstance(data, dict) else None)
         try:
-            version = data.get("version")
-            if type(version) is not int or not 1 <= version <= cls.VERSION:
-                raise ValueError(f"version {version!r} is not one this w4s reads (1 to {cls.VERSION})")
             return cls(
                 task=data["task"],
                 split=data["split"],

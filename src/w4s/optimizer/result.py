@@ -4,11 +4,11 @@ files. ``report.json`` is :meth:`OptimizeResult.to_dict`; a pipeline step reads 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from w4s.config import check_version, read_record
 from w4s.errors import ConfigError
 
 
@@ -80,10 +80,8 @@ class OptimizeResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OptimizeResult:
         """Inverse of :meth:`to_dict`; ConfigError for a dict that is not one (or from a newer w4s)."""
+        check_version(cls, data.get("version") if isinstance(data, dict) else None)
         try:
-            version = data.get("version")
-            if type(version) is not int or not 1 <= version <= cls.VERSION:
-                raise ValueError(f"version {version!r} is not one this w4s reads (1 to {cls.VERSION})")
             values = {k: v for k, v in data.items() if k != "version"}
             best = values.get("best")
             values["best"] = None if best is None else BestWorkflow(**best)
@@ -101,15 +99,4 @@ class OptimizeResult:
     @classmethod
     def load(cls, path: str | Path) -> OptimizeResult:
         """Read ``report.json`` (or the folder holding it)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "report.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"cannot read {path} ({type(exc).__name__}); is it an optimize run folder?"
-            ) from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} is not an optimize report")
-        return cls.from_dict(data)
+        return cls.from_dict(read_record(path, "report.json", "an optimize report"))

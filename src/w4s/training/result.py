@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from w4s.config import check_version, read_record
 from w4s.errors import ConfigError
 
 
@@ -43,9 +43,7 @@ class TrainResult:
         """Inverse of :meth:`to_dict`; ConfigError for a dict that is not one (or from a newer w4s)."""
         if not isinstance(data, dict):
             raise ConfigError("a training result must be a mapping")
-        version = data.get("version")
-        if type(version) is not int or not 1 <= version <= cls.VERSION:
-            raise ConfigError(f"training result version {version!r} is not one this w4s reads; upgrade w4s")
+        check_version(cls, data.get("version"))
         names = {f.name for f in fields(cls)}
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
@@ -55,13 +53,4 @@ class TrainResult:
     @classmethod
     def load(cls, path: str | Path) -> TrainResult:
         """Read ``training_summary.json`` (or the output folder holding it)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "training_summary.json"
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"cannot read {path} ({type(exc).__name__}); is it a w4s train output?"
-            ) from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_record(path, "training_summary.json", "a w4s train summary"))
