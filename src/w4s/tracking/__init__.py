@@ -1,0 +1,1 @@
+"""Tracking, traces and the model registry on MLflow."""
