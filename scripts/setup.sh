@@ -4,10 +4,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# bubblewrap: the sandbox; openssl: the tests make a throwaway TLS certificate with it.
+# bubblewrap: the sandbox; openssl: the tests make a throwaway TLS certificate with it; postgresql: the
+# MLflow tests start a throwaway PostgreSQL server (Debian keeps initdb and postgres, which they use,
+# in /usr/lib/postgresql/<version>/bin, off PATH).
 missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && ! command -v postgres >/dev/null 2>&1; then
+    missing+=(postgresql)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
@@ -17,7 +22,8 @@ if [ ${#missing[@]} -gt 0 ]; then
         sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
         echo "setup: ${missing[*]} missing and cannot be installed here; without bubblewrap the sandbox" \
-            "runs degraded, without openssl the TLS transport test fails" >&2
+            "runs degraded, without openssl the TLS transport test fails, without postgresql the" \
+            "MLflow-on-PostgreSQL test fails" >&2
     fi
 fi
 
