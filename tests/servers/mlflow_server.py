@@ -285,12 +285,14 @@ def main() -> None:
             server = MlflowServer.start(Path(tmp) / "mlflow", **extra)
             servers.append(server)
             print(f"MLFLOW_TRACKING_URI={server.url}  (ready in {server.startup_s:.1f} s)", flush=True)
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
         finally:
             for server in reversed(servers):
                 server.stop()
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the servers on SIGTERM too
     main()
