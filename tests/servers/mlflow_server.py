@@ -218,7 +218,7 @@ class MlflowServer(ServerProcess):
         ]
         server_env = {
             **os.environ,
-            # no background job runner (it forks huey workers that outlive a quick test)
+            # no job runner (huey consumer processes launched beside the server, for server-side jobs)
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
             **(env or {}),
         }
