@@ -20,6 +20,23 @@ from w4s.sandbox.workflow import WorkflowSandbox
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def w4s_home(tmp_path_factory):
+    """Every run the tests make (in process and through the CLI) is recorded in an embedded MLflow store
+    of their own, never the user's ~/.w4s or whatever MLFLOW_TRACKING_URI names."""
+    home = tmp_path_factory.mktemp("w4s-home")
+    saved = {key: os.environ.get(key) for key in ("W4S_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    os.environ["W4S_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """``$W4S_DATA_DIR`` or the ``shared/datasets`` folder beside the checkout."""

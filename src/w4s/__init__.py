@@ -2,7 +2,7 @@
 
 The public API (see ``docs/api.md``): one function per stage, :func:`evaluate`, :func:`optimize`
 and :func:`train` (with async forms ``aevaluate`` and ``aoptimize``), :func:`load_task`,
-:func:`load_workflow`, the stages' configuration dataclasses and typed results, and
+:func:`load_workflow`, :func:`run` (a workflow's answers to inputs: serving), the stages' configuration dataclasses and typed results, and
 :class:`Callback`. Names are imported on first use, so ``import w4s`` stays light.
 """
 
@@ -22,6 +22,10 @@ _EXPORTS = {
     "load_task": "w4s.api",
     "load_workflow": "w4s.api",
     "Workflow": "w4s.api",
+    "run": "w4s.api",
+    "arun": "w4s.api",
+    "Answer": "w4s.api",
+    "TrackingConfig": "w4s.tracking.store",
     "EvaluationConfig": "w4s.evaluation",
     "EvaluationResult": "w4s.evaluation",
     "SampleOutcome": "w4s.evaluation",
@@ -56,6 +60,10 @@ __all__ = [  # the same names as _EXPORTS (a test checks)
     "load_task",
     "load_workflow",
     "Workflow",
+    "run",
+    "arun",
+    "Answer",
+    "TrackingConfig",
     "EvaluationConfig",
     "EvaluationResult",
     "SampleOutcome",
@@ -95,7 +103,19 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names above load on first use
-    from w4s.api import Workflow, aevaluate, aoptimize, evaluate, load_task, load_workflow, optimize, train
+    from w4s.api import (
+        Answer,
+        Workflow,
+        aevaluate,
+        aoptimize,
+        arun,
+        evaluate,
+        load_task,
+        load_workflow,
+        optimize,
+        run,
+        train,
+    )
     from w4s.callbacks import Callback, EvaluationInfo, EvaluationProgress, RunInfo, TurnSummary
     from w4s.errors import BudgetExceeded, ConfigError, InfrastructureError, SandboxUnavailable, W4SError
     from w4s.evaluation import EvaluationConfig, EvaluationResult, SampleOutcome
@@ -104,5 +124,6 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names above 
     from w4s.optimizer.result import OptimizeResult
     from w4s.sandbox.config import SandboxConfig
     from w4s.tasks import task_names
+    from w4s.tracking.store import TrackingConfig
     from w4s.training.config import TrainConfig
     from w4s.training.result import TrainResult

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import importlib.util
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from w4s import workflows
 from w4s.callbacks import Callback, CallbackHandler, RunInfo
 from w4s.errors import ConfigError
 from w4s.evaluation import EvaluationConfig, EvaluationResult, select
+from w4s.evaluation import answer as evaluation_answer
 from w4s.evaluation import evaluate as _evaluate
 from w4s.llm.config import EndpointConfig
 from w4s.llm.gateway import META_API_KEYS, Gateway
@@ -34,8 +39,12 @@ from w4s.sandbox.runner import RunnerFactory
 from w4s.sandbox.workflow import WorkflowSandbox
 from w4s.tasks import get_task, resolve_data_dir
 from w4s.tasks.base import Task
+from w4s.tracking.registry import is_reference
+from w4s.tracking.store import TrackingConfig, resolve_uri
 from w4s.training.config import TrainConfig
 from w4s.training.result import TrainResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,11 +68,27 @@ def load_task(name: str | Task, data_dir: str | os.PathLike | None = None) -> Ta
     return task
 
 
-def load_workflow(path_or_name: str | os.PathLike | Workflow, task: str | Task | None = None) -> Workflow:
-    """A workflow file, or the name of a shipped example for ``task``'s family (``cot``, ``pot``...)."""
+def load_workflow(
+    path_or_name: str | os.PathLike | Workflow,
+    task: str | Task | None = None,
+    *,
+    tracking: TrackingConfig | None = None,
+) -> Workflow:
+    """A workflow file, the name of a shipped example for ``task``'s family (``cot``, ``pot``...),
+    or a registered version, ``mlflow:w4s-workflow-<task>@champion`` (or ``@3``), from the registry
+    of the store ``tracking`` names (its source checked against the sha256 registered with it)."""
     if isinstance(path_or_name, Workflow):
         return path_or_name
     reference = os.fspath(path_or_name)
+    if is_reference(reference):  # a registered version: mlflow:w4s-workflow-gsm8k@champion
+        version, source, _ = registry_of(tracking).workflow(reference)
+        expected = None if task is None else load_task(task).name
+        registered = (version.tags or {}).get("w4s.task")
+        if expected is not None and registered != expected:
+            raise ConfigError(
+                f"{reference} is a workflow for {registered}, not {expected}; pass --task {registered}"
+            )
+        return Workflow(f"{version.name}/{version.version}", source)
     if task is None and not Path(reference).expanduser().is_file():
         raise ConfigError(f"workflow {reference!r} is not a file; name the task to use a shipped example")
     family = load_task(task).family if task is not None else workflows.FAMILIES[0]  # unused for a file
@@ -83,26 +108,38 @@ async def aevaluate(
     *,
     data_dir: str | os.PathLike | None = None,
     callbacks: Iterable[Callback] = (),
+    tracking: TrackingConfig | None = None,
+    sample_ids: Iterable[str] | None = None,
     gateway: Gateway | None = None,
     runner: RunnerFactory = WorkflowSandbox,
 ) -> EvaluationResult:
     """Score ``workflow`` on a split of ``task`` with the executor. Raises only for infrastructure
     failures and bad configuration (ConfigError); every workflow failure is in the result.
 
-    ``gateway``: an open :class:`~w4s.llm.gateway.Gateway` to share between evaluations (each still
+    ``sample_ids``: exactly these samples of the split (in place of ``config.limit``; every id must
+    be in the split). ``gateway``: an open :class:`~w4s.llm.gateway.Gateway` to share between evaluations (each still
     has its own budget); by default one is made from ``executor`` and closed at the end.
     """
     task = load_task(task, data_dir)
     workflow = load_workflow(workflow, task)
     config = config or EvaluationConfig()
     sandbox = sandbox or SandboxConfig()
-    samples = select(task.load(config.split), config.limit, config.seed)  # damaged data: refused now
+    if sample_ids is None:
+        samples = select(task.load(config.split), config.limit, config.seed)  # damaged data: refused now
+    else:
+        samples = by_ids(task.load(config.split), sample_ids, f"{task.name}/{config.split}")
     run = RunInfo(
         "evaluate",
-        f"{workflow.name} on {task.name}",
+        f"evaluate {workflow.name} on {task.name}/{config.split}",
         {"evaluation": config.to_dict(), "sandbox": sandbox.to_dict(), "executor": _public(executor)},
+        task=task.name,
+        tags={
+            "w4s.executor": (executor or EndpointConfig()).model,
+            "w4s.workflow": workflow.name,
+            "w4s.workflow_sha256": hashlib.sha256(workflow.source.encode()).hexdigest(),
+        },
     )
-    with CallbackHandler(callbacks) as handler:
+    with CallbackHandler(tracked(callbacks, tracking)) as handler:
         async with _OpenGateway(gateway, executor or EndpointConfig()) as open_gateway:
             handler.emit("on_run_start", run)  # once what can be refused (the endpoint, its cache) is not
             result = await _evaluate(
@@ -120,11 +157,77 @@ async def aevaluate(
     return result
 
 
+def by_ids(samples: list, ids: Iterable[str], where: str) -> list:
+    """The samples with these ids, in the split's order; every id must be there."""
+    wanted = set(ids)
+    chosen = [s for s in samples if s.id in wanted]
+    if len(chosen) != len(wanted):
+        missing = sorted(wanted - {s.id for s in chosen})
+        raise ConfigError(
+            f"{len(missing)} of the requested samples are not in {where} (e.g. {', '.join(missing[:3])}); "
+            "the benchmark files differ from the ones the results were made with: use the same --data-dir"
+        )
+    return chosen
+
+
 @functools.wraps(aevaluate)
 def evaluate(*args, **kwargs) -> EvaluationResult:
     """:func:`aevaluate` from synchronous code (it runs its own event loop); the same arguments
     (a ``gateway`` to share only makes sense inside an event loop: use :func:`aevaluate` there)."""
     return asyncio.run(aevaluate(*args, **kwargs))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a workflow answered to one input: ``answer`` (plain data) or ``error`` (why it failed)."""
+
+    answer: Any
+    error: str | None
+    wall_seconds: float
+    llm_calls: int
+
+
+async def arun(
+    workflow: str | os.PathLike | Workflow,
+    task: str | Task,
+    inputs: Iterable[str],
+    executor: EndpointConfig | None = None,
+    sandbox: SandboxConfig | None = None,
+    *,
+    concurrency: int = 8,
+    gateway: Gateway | None = None,
+    runner: RunnerFactory = WorkflowSandbox,
+) -> list[Answer]:
+    """Run ``workflow`` on ``inputs`` (task texts, as a benchmark sample's prompt) and return its
+    answers in order: serving, not scoring (nothing is compared with an expected answer)."""
+    task = load_task(task)  # no benchmark files needed
+    workflow = load_workflow(workflow, task)
+    prompts = [str(text) for text in inputs]
+    async with _OpenGateway(gateway, executor or EndpointConfig()) as open_gateway:
+        results = await evaluation_answer(
+            workflow.source,
+            task,
+            open_gateway,
+            prompts,
+            concurrency=concurrency,
+            sandbox=sandbox,
+            runner=runner,
+        )
+    return [
+        Answer(
+            r.answer if r.error is None else None,
+            None if r.error is None else f"{r.error['type']}: {r.error.get('message') or ''}".rstrip(": "),
+            r.wall_seconds,
+            r.llm_calls,
+        )
+        for r in results
+    ]
+
+
+@functools.wraps(arun)
+def run(*args, **kwargs) -> list[Answer]:
+    """:func:`arun` from synchronous code."""
+    return asyncio.run(arun(*args, **kwargs))
 
 
 # --- optimize --------------------------------------------------------------------------------------
@@ -142,6 +245,7 @@ async def aoptimize(
     data_dir: str | os.PathLike | None = None,
     resume: bool = False,
     callbacks: Iterable[Callback] = (),
+    tracking: TrackingConfig | None = None,
     runner: RunnerFactory = WorkflowSandbox,
 ) -> OptimizeResult:
     """Run (or, with ``resume``, continue) one episode of the W4S optimizer for ``task`` in the run
@@ -156,9 +260,14 @@ async def aoptimize(
     meta = meta_config(meta)
     executor = executor or EndpointConfig()
     sandbox = sandbox or SandboxConfig()
+    lineage: dict = {}
+    if is_reference(meta.model):  # a registered meta-agent: its checkpoint, and who wrote what
+        version, folder = registry_of(tracking).local_model(meta.model)
+        lineage = {"reference": meta.model, "name": version.name, "version": str(version.version)}
+        meta = replace(meta, model=f"local:{folder}")
     run = RunInfo(
         "optimize",
-        task.name,
+        f"optimize {task.name} episode {config.episode}",
         {
             "optimize": config.to_dict(),
             "evaluation": (evaluation or EvaluationConfig()).to_dict(),
@@ -167,8 +276,15 @@ async def aoptimize(
             "executor": _public(executor),
         },
         str(Path(out_dir).expanduser().resolve()),
+        task=task.name,
+        tags={
+            "w4s.executor": executor.model,
+            "w4s.meta_agent": lineage.get("name", meta.model),
+            "w4s.split": "validation",
+            **({"w4s.meta_agent_version": lineage["version"]} if lineage else {}),
+        },
     )
-    with CallbackHandler(callbacks) as handler:
+    with CallbackHandler(tracked(callbacks, tracking)) as handler:
         async with Gateway(executor) as executor_gateway, Gateway(meta) as meta_gateway:
             optimizer = Optimizer(
                 task,
@@ -182,10 +298,16 @@ async def aoptimize(
                 resume=resume,
                 callbacks=handler,
                 runner=runner,
+                lineage=lineage,
             )
             handler.emit("on_run_start", run)  # once the run folder and the endpoints are accepted
             result = await optimizer.run()
         handler.emit("on_run_end", result)
+    if tracking is not None and tracking.register and not tracking.no_tracking:
+        from w4s.tracking.registry import register_optimize_run
+
+        version = register_optimize_run(registry_of(tracking), result.paths.out_dir)
+        log.info("the best workflow is %s version %s (alias challenger)", version.name, version.version)
     return result
 
 
@@ -203,6 +325,7 @@ def train(
     config: TrainConfig,
     *,
     callbacks: Iterable[Callback] = (),
+    tracking: TrackingConfig | None = None,
 ) -> TrainResult:
     """Reward-weighted regression of the meta-agent (``config.base_model``) on trajectory files from
     :func:`optimize`; writes ``config.output``/model and training_summary.json (the result).
@@ -211,11 +334,51 @@ def train(
     paths = [trajectories] if isinstance(trajectories, str | os.PathLike) else list(trajectories)
     from w4s.training.train import main as train_main  # torch is imported only by training
 
-    run = RunInfo("train", config.base_model, {"train": config.to_dict()}, config.output)
-    with CallbackHandler(callbacks) as handler:
-        result = train_main(config, [os.fspath(p) for p in paths], callbacks=handler, run=run)
+    base = config.base_model
+    extra = {}
+    if is_reference(base):  # continue from a registered checkpoint
+        version, folder = registry_of(tracking).local_model(base)
+        extra = {"base_model_reference": f"{version.name}/{version.version}"}
+        config = replace(config, base_model=str(folder))
+    run = RunInfo(
+        "train",
+        f"train {Path(base).name or base}",
+        {"train": config.to_dict()},
+        config.output,
+        tags={"w4s.base_model": extra.get("base_model_reference", base)},
+    )
+    with CallbackHandler(tracked(callbacks, tracking)) as handler:
+        result = train_main(config, [os.fspath(p) for p in paths], callbacks=handler, run=run, extra=extra)
         handler.emit("on_run_end", result)
+    if tracking is not None and tracking.register and not tracking.no_tracking:
+        from w4s.tracking.registry import register_checkpoint
+
+        version = register_checkpoint(registry_of(tracking), config.output)
+        log.info("the checkpoint is %s version %s (alias challenger)", version.name, version.version)
     return result
+
+
+def registry_of(tracking: TrackingConfig | None):
+    """The model registry of the tracking store that ``tracking`` names (as for runs)."""
+    from w4s.tracking.registry import Registry
+
+    return Registry(resolve_uri(tracking or TrackingConfig()))
+
+
+def tracked(callbacks: Iterable[Callback], tracking: TrackingConfig | None) -> list[Callback]:
+    """``callbacks`` and, unless turned off, MLflow tracking (on by default where the 'mlflow' extra is
+    installed; a tracking URI named without it is a one-line error naming the extra)."""
+    callbacks = list(callbacks)
+    cfg = tracking or TrackingConfig()
+    if cfg.no_tracking:
+        return callbacks
+    named = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not named and importlib.util.find_spec("mlflow") is None:
+        log.info("not recorded in MLflow: the 'mlflow' extra is not installed (pip install 'w4s[mlflow]')")
+        return callbacks
+    from w4s.tracking.runs import MLflowTracking
+
+    return [*callbacks, MLflowTracking(cfg)]
 
 
 def meta_config(meta: EndpointConfig | None) -> EndpointConfig:

@@ -30,17 +30,21 @@ EVENTS = (
     "on_turn_end",
     "on_log",
     "on_run_end",
+    "on_close",
 )
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """A run that starts: ``kind`` is evaluate, optimize or train; ``config`` its settings as a dict."""
+    """A run that starts: ``kind`` is evaluate, optimize or train; ``config`` its settings as a dict
+    (one entry per configuration); ``tags`` what identifies it (models, split) as strings."""
 
     kind: str
     name: str
     config: dict = field(default_factory=dict)
     out_dir: str | None = None
+    task: str | None = None
+    tags: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class TurnSummary:
     best_score: float
     scores: tuple[float | None, ...]
     rewards: tuple[float, ...]
+    spend_usd: float = 0.0  # the run's spend so far (executor and meta-agent, every resume)
 
 
 class Callback:
@@ -84,8 +89,15 @@ class Callback:
     ``on_sample_end(outcome: SampleOutcome, progress: EvaluationProgress)``,
     ``on_evaluation_end(result: EvaluationResult)``, ``on_candidate_end(record: dict)`` (a trajectory
     record), ``on_turn_end(turn: TurnSummary)``, ``on_log(metrics: dict)`` (training),
-    ``on_run_end(result)`` (an EvaluationResult, OptimizeResult or TrainResult).
+    ``on_run_end(result)`` (an EvaluationResult, OptimizeResult or TrainResult), ``on_close()`` (always
+    last, also when the run raised: release what the callback holds).
+
+    ``trace_sample_rate``: the share of evaluated samples whose every executor call and sandbox span
+    this callback wants to see, as ``outcome.trace`` in ``on_sample_end`` (chosen by sample id, so the
+    same samples are traced on every run).
     """
+
+    trace_sample_rate: float = 0.0
 
     def on_run_start(self, run: RunInfo) -> None:
         pass
@@ -111,6 +123,9 @@ class Callback:
     def on_run_end(self, result: Any) -> None:
         pass
 
+    def on_close(self) -> None:
+        """The last event, always: after ``on_run_end``, or in its place when the run raised."""
+
 
 _STOP = object()
 
@@ -133,6 +148,11 @@ class CallbackHandler:
 
     def __bool__(self) -> bool:
         return bool(self.callbacks)
+
+    @property
+    def trace_rate(self) -> float:
+        """The largest share of samples any callback wants traced."""
+        return max((c.trace_sample_rate for c in self.callbacks), default=0.0)
 
     def emit(self, event: str, *args: Any) -> None:
         """Queue ``event(*args)`` for every callback; returns at once."""
@@ -188,4 +208,6 @@ class CallbackHandler:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self.emit("on_close")  # last: after on_run_end, or in place of it when the run raised
         self.close()

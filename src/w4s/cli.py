@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from w4s import __version__
@@ -16,6 +17,7 @@ from w4s.errors import ConfigError, InfrastructureError, W4SError
 
 log = logging.getLogger("w4s")
 EXIT_STOPPED = 4  # a run stopped early (its budget is spent); it can be resumed
+EXIT_RACE = 5  # promote: the champion changed while comparing (nothing moved); run it again
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -29,8 +31,11 @@ def _setup_logging(verbose: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    for noisy in ("httpx", "httpcore", "openai", "urllib3", "filelock"):
+    for noisy in ("httpx", "httpx2", "httpcore", "openai", "urllib3", "filelock", "alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level on import
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # w4s logs what it moves
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for results
 
 
 def _stderr_console():
@@ -166,16 +171,18 @@ def cmd_evaluate(args) -> int:
     from w4s.llm.config import EndpointConfig
     from w4s.progress import ProgressDisplay
     from w4s.sandbox.config import SandboxConfig
+    from w4s.tracking.store import TrackingConfig
 
     cfg = _configs(
         args,
         evaluation=(EvaluationConfig, ""),
         executor=(EndpointConfig, "executor-"),
         sandbox=(SandboxConfig, "sandbox-"),
+        tracking=(TrackingConfig, ""),
     )
     _check_isolation(cfg["sandbox"])
     task = api.load_task(args.task, args.data_dir)
-    workflow = api.load_workflow(args.workflow, task)
+    workflow = api.load_workflow(args.workflow, task, tracking=cfg["tracking"])
     _writable(args.json, "--json")
     settle_heap()
     result = api.evaluate(
@@ -185,6 +192,7 @@ def cmd_evaluate(args) -> int:
         cfg["executor"],
         cfg["sandbox"],
         callbacks=[ProgressDisplay(console=_stderr_console())],
+        tracking=cfg["tracking"],
     )
     usage = result.usage
     log.info(
@@ -218,6 +226,7 @@ def cmd_optimize(args) -> int:
     from w4s.optimizer.loop import OptimizeConfig
     from w4s.progress import ProgressDisplay
     from w4s.sandbox.config import SandboxConfig
+    from w4s.tracking.store import TrackingConfig
 
     cfg = _configs(
         args,
@@ -226,6 +235,7 @@ def cmd_optimize(args) -> int:
         meta=(EndpointConfig, "meta-"),
         executor=(EndpointConfig, "executor-"),
         sandbox=(SandboxConfig, "sandbox-"),
+        tracking=(TrackingConfig, ""),
     )
     _check_isolation(cfg["sandbox"])
     task = api.load_task(args.task, args.data_dir)
@@ -241,6 +251,7 @@ def cmd_optimize(args) -> int:
         evaluation=cfg["evaluation"],
         resume=args.resume,
         callbacks=[ProgressDisplay(console=_stderr_console())],
+        tracking=cfg["tracking"],
     )
     if result.best is not None:
         log.info(
@@ -263,11 +274,18 @@ def cmd_optimize(args) -> int:
 def cmd_train(args) -> int:
     from w4s import api
     from w4s.progress import ProgressDisplay
+    from w4s.tracking.store import TrackingConfig
     from w4s.training.config import TrainConfig
 
-    cfg = _configs(args, train=(TrainConfig, ""))["train"]
+    configs = _configs(args, train=(TrainConfig, ""), tracking=(TrackingConfig, ""))
+    cfg = configs["train"]
     _writable(cfg.output, "--output", folder=True)
-    result = api.train(args.trajectories, cfg, callbacks=[ProgressDisplay(console=_stderr_console())])
+    result = api.train(
+        args.trajectories,
+        cfg,
+        callbacks=[ProgressDisplay(console=_stderr_console())],
+        tracking=configs["tracking"],
+    )
     log.info(
         "trained on %d examples for %d steps (loss %s -> %s, %s tokens/s); checkpoint: %s",
         result.examples,
@@ -277,6 +295,134 @@ def cmd_train(args) -> int:
         result.tokens_per_second,
         result.model,
     )
+    return 0
+
+
+def _registry(args):
+    from w4s import api
+    from w4s.tracking.store import TrackingConfig
+
+    return api.registry_of(TrackingConfig(tracking_uri=args.tracking_uri))
+
+
+def cmd_registry_show(args) -> int:
+    from w4s.tracking import registry as reg
+
+    registry = _registry(args)
+    if args.model is None:
+        rows = []
+        for name in registry.names():
+            aliases = registry.aliases(name)
+            rows.append({"model": name, "versions": len(registry.versions(name)), **aliases})
+        _table(["model", "versions", reg.CHAMPION, reg.CHALLENGER], rows)
+        _write_json(args.json, rows)
+        return 0
+    name = reg.parse_reference(args.model).name
+    aliases = registry.aliases(name)
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    rows = []
+    for version in registry.versions(name):
+        tags = version.tags or {}
+        decision = tags.get("w4s.promotion.decision")
+        evidence = ""
+        if decision:
+            evidence = (
+                f"{decision} vs {tags.get('w4s.promotion.against', '?')}: gain {tags.get('w4s.promotion.gain')} "
+                f"[{tags.get('w4s.promotion.lower')}, {tags.get('w4s.promotion.upper')}] n={tags.get('w4s.promotion.n')}"
+            )
+        rows.append(
+            {
+                "version": str(version.version),
+                "aliases": ",".join(sorted(by_version.get(str(version.version), []))),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(version.creation_timestamp / 1000)),
+                "score": tags.get(reg.TAG_TEST_SCORE) or tags.get("w4s.promotion.challenger_mean", ""),
+                "from": tags.get(reg.TAG_ORIGIN) or tags.get(reg.TAG_BASE_MODEL, ""),
+                "written by": (
+                    tags.get(reg.TAG_META_NAME, "")
+                    + ("/" + tags[reg.TAG_META_VERSION] if reg.TAG_META_VERSION in tags else "")
+                )
+                if reg.TAG_META_NAME in tags
+                else "",
+                "decision": evidence,
+                "tags": tags,
+            }
+        )
+    _table(["version", "aliases", "created", "score", "from", "written by", "decision"], rows, title=name)
+    _write_json(args.json, {"model": name, "aliases": aliases, "versions": rows})
+    return 0
+
+
+def _table(columns: list[str], rows: list[dict], title: str | None = None) -> None:
+    """A table on stdout (rich on a terminal, plain aligned text without one)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, title=title, show_lines=False)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "") or "") for c in columns))
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+
+
+def cmd_registry_download(args) -> int:
+    folder = _registry(args).download(args.reference, args.to)
+    log.info("%s is in %s", args.reference, folder)
+    return 0
+
+
+def cmd_registry_register(args) -> int:
+    from w4s.tracking import registry as reg
+
+    registry = _registry(args)
+    folder = Path(args.run_dir).expanduser()
+    if (folder / "report.json").is_file():
+        version = reg.register_optimize_run(registry, folder)
+    elif (folder / "training_summary.json").is_file():
+        version = reg.register_checkpoint(registry, folder)
+    else:
+        raise ConfigError(
+            f"{folder} holds neither report.json (a w4s optimize run) nor training_summary.json (a w4s train "
+            "output); pass one of those folders"
+        )
+    log.info("registered %s version %s as %s", version.name, version.version, reg.CHALLENGER)
+    return 0
+
+
+def cmd_registry_promote(args) -> int:
+    from w4s import promotion
+    from w4s.llm.config import EndpointConfig
+    from w4s.sandbox.config import SandboxConfig
+    from w4s.tracking.store import TrackingConfig
+
+    cfg = _configs(
+        args,
+        promotion=(promotion.PromotionConfig, ""),
+        executor=(EndpointConfig, "executor-"),
+        sandbox=(SandboxConfig, "sandbox-"),
+    )
+    _check_isolation(cfg["sandbox"])
+    decision = promotion.promote(
+        args.model,
+        cfg["promotion"],
+        executor=cfg["executor"],
+        sandbox=cfg["sandbox"],
+        data_dir=args.data_dir,
+        tracking=TrackingConfig(tracking_uri=args.tracking_uri),
+    )
+    log.info("%s version %s: %s", decision.name, decision.version, decision.reason)
+    _write_json(args.json, decision.to_dict())
+    if decision.promoted and not decision.changed and decision.comparison is not None:
+        return EXIT_RACE
+    return 0
+
+
+def cmd_registry_rollback(args) -> int:
+    from w4s.tracking import registry as reg
+
+    name = reg.parse_reference(args.model).name
+    was, now = _registry(args).rollback(name)
+    log.info("%s: champion moved back from version %s to version %s", name, was, now)
     return 0
 
 
@@ -346,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     from w4s.evaluation import EvaluationConfig
     from w4s.llm.config import EndpointConfig
     from w4s.tasks import task_names
+    from w4s.tracking.store import TrackingConfig
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -358,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
     config.add_arguments(evaluate, EvaluationConfig)
     config.add_arguments(evaluate, EndpointConfig, prefix="executor-")
-    with_sandbox_options(evaluate, "evaluation, executor, sandbox")
+    config.add_arguments(evaluate, TrackingConfig)
+    with_sandbox_options(evaluate, "evaluation, executor, sandbox, tracking")
     evaluate.set_defaults(func=cmd_evaluate)
 
     from w4s.optimizer.loop import OptimizeConfig
@@ -379,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(optimize, EvaluationConfig, only=("concurrency",))
     config.add_arguments(optimize, EndpointConfig, prefix="meta-")
     config.add_arguments(optimize, EndpointConfig, prefix="executor-")
-    with_sandbox_options(optimize, "optimize, evaluation, meta, executor, sandbox")
+    config.add_arguments(optimize, TrackingConfig)
+    with_sandbox_options(optimize, "optimize, evaluation, meta, executor, sandbox, tracking")
     optimize.set_defaults(func=cmd_optimize)
 
     from w4s.training.config import TrainConfig
@@ -393,9 +542,69 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--trajectories", nargs="+", required=True, help="trajectories.jsonl files from w4s optimize"
     )
-    with_config(train, "train")
+    with_config(train, "train, tracking")
     config.add_arguments(train, TrainConfig)
+    config.add_arguments(train, TrackingConfig)
     train.set_defaults(func=cmd_train)
+
+    registry = commands.add_parser(
+        "registry",
+        help="the MLflow model registry: workflows and meta-agents, their versions, promotion",
+        description="Registered models: w4s-workflow-<task> (one version per accepted workflow) and "
+        "w4s-meta-agent (one per trained checkpoint). References: NAME@ALIAS or NAME@VERSION.",
+    )
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+
+    def with_store(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--tracking-uri",
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the embedded store under the w4s home)",
+        )
+        return sub
+
+    show = with_store(registry_commands.add_parser("show", help="versions, aliases and promotion decisions"))
+    show.add_argument("model", nargs="?", help="a registered model (default: list them all)")
+    show.add_argument("--json", help="also write the table as JSON to this path")
+    show.set_defaults(func=cmd_registry_show)
+    download = with_store(
+        registry_commands.add_parser(
+            "download", help="a version's files into a folder (checked against its hashes)"
+        )
+    )
+    download.add_argument("reference", help="e.g. w4s-meta-agent@champion or w4s-workflow-gsm8k@3")
+    download.add_argument("--to", required=True, help="folder to create (must be new or empty)")
+    download.set_defaults(func=cmd_registry_download)
+    register = with_store(
+        registry_commands.add_parser(
+            "register",
+            help="register an optimize run's best workflow or a train output's checkpoint as challenger",
+        )
+    )
+    register.add_argument("run_dir", help="a w4s optimize --out folder, or a w4s train --output folder")
+    register.set_defaults(func=cmd_registry_register)
+    from w4s.promotion import PromotionConfig
+
+    promote = with_store(
+        registry_commands.add_parser(
+            "promote",
+            help="make the challenger champion if it is better on the same test samples",
+            description="Paired bootstrap of the per-sample score differences (challenger - champion) on the "
+            "challenger's test samples; promotes only when the lower confidence bound of the gain exceeds "
+            "--margin. Results are reused where the same executor scored the same ids; otherwise evaluated "
+            "with the --executor-* endpoint. Exit 5: the champion changed meanwhile (nothing moved).",
+        )
+    )
+    promote.add_argument("model", help="w4s-workflow-<task> or w4s-meta-agent")
+    promote.add_argument("--data-dir", help="benchmark folder (default: $W4S_DATA_DIR)")
+    config.add_arguments(promote, PromotionConfig)
+    config.add_arguments(promote, EndpointConfig, prefix="executor-")
+    with_sandbox_options(promote, "promotion, executor, sandbox")
+    promote.set_defaults(func=cmd_registry_promote)
+    rollback = with_store(
+        registry_commands.add_parser("rollback", help="move champion back to the previous one")
+    )
+    rollback.add_argument("model", help="a registered model")
+    rollback.set_defaults(func=cmd_registry_rollback)
 
     models_parser = commands.add_parser("models", help="local models")
     models_commands = models_parser.add_subparsers(dest="models_command", required=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import math
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 from w4s.callbacks import CallbackHandler, EvaluationInfo, EvaluationProgress
 from w4s.config import Config, check_version, option, positive
 from w4s.errors import ConfigError
-from w4s.llm.gateway import Gateway
+from w4s.llm.gateway import CALL_LOG, CallRecord, Gateway
 from w4s.llm.limits import Budget, Usage
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
@@ -43,6 +44,25 @@ class EvaluationConfig(Config):
 
 
 @dataclass
+class SampleTrace:
+    """Everything a traced sample did: its executor calls and what the sandbox reported (spans)."""
+
+    prompt: str
+    started_ns: int
+    ended_ns: int
+    calls: list[CallRecord]
+    spans: list[dict]
+
+
+def traced(sample_id: str, rate: float) -> bool:
+    """Whether ``sample_id`` is among the ``rate`` share of samples traced (the same ones every run)."""
+    if rate <= 0:
+        return False
+    digest = hashlib.sha256(sample_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") < rate * (1 << 32)
+
+
+@dataclass
 class SampleOutcome:
     id: str
     score: float
@@ -53,6 +73,7 @@ class SampleOutcome:
     llm_calls: int = 0
     output: str = ""
     not_run: bool = False  # never run, or stopped by the budget: its score says nothing about the workflow
+    trace: SampleTrace | None = None  # for callbacks that asked for traces; not part of the results
 
     def to_dict(self) -> dict:
         return {
@@ -236,6 +257,7 @@ async def evaluate(
     callbacks = callbacks or CallbackHandler()
     chosen = samples if samples is not None else select(task.load(cfg.split, data_dir), cfg.limit, cfg.seed)
     budget = Budget(cfg.budget_calls, cfg.budget_tokens, cfg.budget_usd)
+    trace_rate = callbacks.trace_rate
     started = time.perf_counter()
     outcomes: list[SampleOutcome | None] = [None] * len(chosen)
     isolation: dict = {}
@@ -256,8 +278,18 @@ async def evaluate(
                         chosen[index].id, 0.0, None, f"not run: {budget.exhausted}", not_run=True
                     )
                 else:
-                    result = await box.run(chosen[index].prompt, index=index)
-                    outcome = await _score(task, chosen[index], result, scorer)
+                    sample = chosen[index]
+                    calls = [] if traced(sample.id, trace_rate) else None
+                    token, started_ns = CALL_LOG.set(calls), time.time_ns()
+                    try:
+                        result = await box.run(sample.prompt, index=index)
+                    finally:
+                        CALL_LOG.reset(token)
+                    outcome = await _score(task, sample, result, scorer)
+                    if calls is not None:
+                        outcome.trace = SampleTrace(
+                            sample.prompt, started_ns, time.time_ns(), calls, result.spans
+                        )
                 outcomes[index] = outcome
                 progress["done"] += 1
                 if not outcome.not_run:
@@ -285,6 +317,34 @@ async def evaluate(
     )
     callbacks.emit("on_evaluation_end", result)
     return result
+
+
+async def answer(
+    source: str,
+    task: Task,
+    gateway: Gateway,
+    prompts: list[str],
+    *,
+    concurrency: int = 8,
+    sandbox: SandboxConfig | None = None,
+    budget: Budget | None = None,
+    runner: RunnerFactory = WorkflowSandbox,
+) -> list[SampleResult]:
+    """Run ``source`` on each of ``prompts`` (inputs, not benchmark samples: nothing is scored), in
+    order. A workflow failure is that prompt's ``error``; raises only for infrastructure failures.
+    Code tasks' visible tests are not known for an input, so ``test_on_public_test`` fails there."""
+    sandbox = sandbox or SandboxConfig()
+    budget = budget or Budget()
+    results: list[SampleResult | None] = [None] * len(prompts)
+    if sandbox.warm_jobs is None:
+        sandbox = replace(sandbox, warm_jobs=max(1, min(concurrency, len(prompts))))
+    async with runner(source, _TaskHost(gateway, budget, task, []), sandbox) as box:
+
+        async def one(index: int) -> None:
+            results[index] = await box.run(prompts[index], index=index)
+
+        await run_lanes(len(prompts), concurrency, one)
+    return [r for r in results if r is not None]
 
 
 async def _score(

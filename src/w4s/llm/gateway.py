@@ -14,6 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,17 +93,22 @@ def build_messages(request: dict) -> list[dict]:
 
 @dataclass
 class CallRecord:
-    """One answered chat request, as hooks see it (tracing, e.g. MLflow spans, plugs in here)."""
+    """One answered chat request, as hooks and traces see it."""
 
     model: str
     messages: list[dict]
     texts: list[str]
     cached_choices: int
     seconds: float
-    usage: Usage
+    usage: Usage  # this request's own: calls, tokens, cost, retries
+    started_ns: int = 0  # wall-clock start (time.time_ns), for trace spans
 
 
 CallHook = Callable[[CallRecord], None]
+
+# Where the requests of the code running now are recorded, when someone traces it (an evaluation
+# sets it around a sampled sample; the tasks serving that sample's calls inherit it).
+CALL_LOG: ContextVar[list[CallRecord] | None] = ContextVar("w4s_call_log", default=None)
 
 
 class Gateway:
@@ -183,6 +189,7 @@ class Gateway:
         charged, and must cover each request's worst case before it is sent (none: no limit).
         """
         started = time.perf_counter()
+        started_ns = time.time_ns()
         budget = budget or Budget()
         ledgers = (self.usage, budget.usage, Usage())  # the gateway's, the budget's, this call's
         texts = await self._chat(
@@ -195,11 +202,12 @@ class Gateway:
             json_mode,
             self.cfg.seed if seed is None else seed,
         )
-        if self.hooks:
-            spent = ledgers[2]
-            record = CallRecord(
-                self.model, messages, texts, spent.cached_calls, time.perf_counter() - started, spent
-            )
+        traced = CALL_LOG.get()
+        if self.hooks or traced is not None:
+            spent, seconds = ledgers[2], time.perf_counter() - started
+            record = CallRecord(self.model, messages, texts, spent.cached_calls, seconds, spent, started_ns)
+            if traced is not None:
+                traced.append(record)
             for hook in self.hooks:
                 hook(record)
         return texts

@@ -50,6 +50,7 @@ TRAJECTORIES = "trajectories.jsonl"
 STAGING = ".turn-staging.jsonl"
 BASELINES = "baselines.json"
 BEST_WORKFLOW = "best_workflow.py"
+TEST_EVALUATION = "test_evaluation.json"  # the best workflow's per-sample test results (for promotion)
 
 
 def _how_to_evaluate(evaluation: EvaluationConfig | None) -> EvaluationConfig:
@@ -142,8 +143,10 @@ class Optimizer:
         resume: bool = False,
         callbacks: CallbackHandler | None = None,
         runner: RunnerFactory = WorkflowSandbox,
+        lineage: dict | None = None,
     ):
         self.cfg = cfg
+        self.lineage = lineage or {}  # which registered meta-agent version writes (report.json's extra)
         self.meta = meta
         self.executor = executor
         self.out = Path(out_dir).expanduser().resolve()
@@ -442,6 +445,7 @@ class Optimizer:
                 best_after,
                 tuple(r["valid_score"] for r in records),
                 tuple(r["reward"] for r in records),
+                sum(usage.cost_usd for usage in self.spend().values()),
             ),
         )
 
@@ -473,6 +477,10 @@ class Optimizer:
                     test_result = await self._evaluate(best["source"], test_samples, "test", split="test")
                 except _Stopped:
                     log.warning("the test split was not scored: %s", self.stopped)
+                else:
+                    atomic_write(
+                        self.out / TEST_EVALUATION, json.dumps(test_result.to_dict(), indent=1) + "\n"
+                    )
         result = self.result(baselines, best, test_result)
         write_report(result)
         return result
@@ -507,7 +515,9 @@ class Optimizer:
                 report_json=str(self.out / "report.json"),
                 report_md=str(self.out / "report.md"),
                 curve_png=str(self.out / "curve.png") if can_plot() else None,
+                test_evaluation=None if test is None else str(self.out / TEST_EVALUATION),
             ),
+            extra={"meta_agent": self.lineage} if self.lineage else {},
         )
 
 

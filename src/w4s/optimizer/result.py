@@ -52,6 +52,7 @@ class RunPaths:
     report_json: str
     report_md: str
     curve_png: str | None  # None where matplotlib is not installed (the 'plot' extra)
+    test_evaluation: str | None = None  # the best workflow's test results (None: test not scored)
 
 
 @dataclass

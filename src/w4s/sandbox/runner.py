@@ -39,6 +39,9 @@ class SampleResult:
     # Why the host stopped serving the sample (its budget is spent): then its result is not the workflow's.
     stopped: str | None = None
     answer_bytes: int = 0  # size of the answer as it crossed (large answers are scored off the event loop)
+    spans: list[dict] = field(
+        default_factory=list
+    )  # what the agent reported doing (execute_code), for traces
     extra: dict = field(default_factory=dict)
 
     @property

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _MAX_RESTARTS = 3
 MAX_CALLS_IN_FLIGHT = 64
+MAX_SPANS = 50  # spans a sample may report (execute_code calls); the rest are dropped
 WORKFLOW_FILE = "workflow.py"
 _EXIT_GRACE_S = 5.0
 # Frames from a sample larger than this are parsed and decoded off the event loop, so one huge
@@ -48,6 +49,7 @@ class _Sample:
         self.answered: asyncio.Future = asyncio.get_running_loop().create_future()  # a final message came
         self.calls = 0
         self.stopped: str | None = None  # why the host stopped serving it (its budget is spent)
+        self.spans: list[dict] = []  # execute_code and the like, as the sandbox reported them
 
     @property
     def settled(self) -> bool:
@@ -223,7 +225,9 @@ class WorkflowSandbox:
                 writer.close()
             rpc_host.close()
             out_host.close()
-        result = SampleResult(index, wall_seconds=time.perf_counter() - started, llm_calls=sample.calls)
+        result = SampleResult(
+            index, wall_seconds=time.perf_counter() - started, llm_calls=sample.calls, spans=sample.spans
+        )
         result.output = output[: self.cfg.output_bytes].decode(errors="replace")
         if len(output) > self.cfg.output_bytes:
             result.output += f"\n[output truncated at {self.cfg.output_bytes} bytes]"
@@ -283,6 +287,9 @@ class WorkflowSandbox:
                     task = asyncio.create_task(self._answer(sample, message, writer, write_lock))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
+                elif op == "span":  # what the agent did inside the sandbox, for traces; untrusted
+                    if len(sample.spans) < MAX_SPANS:
+                        sample.spans.append(_span(message))
                 elif op in ("done", "failed"):
                     sample.final = message
                     sample.final_bytes = length
@@ -385,6 +392,19 @@ def _sanitise(error: dict) -> dict:
     lineno = error.get("lineno")
     clean["lineno"] = lineno if type(lineno) is int else None
     return clean
+
+
+def _span(message: dict) -> dict:
+    """A span a sample reported, reduced to bounded plain fields (the sample may have forged it)."""
+    times = [message.get(key) for key in ("start_ns", "end_ns")]
+    start, end = (value if type(value) is int and value >= 0 else 0 for value in times)
+    return {
+        "name": str(message.get("name", "span"))[:100],
+        "start_ns": start,
+        "end_ns": max(start, end),
+        "input": str(message.get("input", ""))[:2000],
+        "output": str(message.get("output", ""))[:2000],
+    }
 
 
 def _refusal(call_id: int, type_name: str, message: str) -> dict:

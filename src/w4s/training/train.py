@@ -81,6 +81,7 @@ def main(
     trajectories: list[str],
     callbacks: CallbackHandler | None = None,
     run: RunInfo | None = None,
+    extra: dict | None = None,
 ) -> TrainResult:
     """Train, write the checkpoint and training_summary.json (the result). ``callbacks`` hear
     ``on_run_start(run)`` once the inputs are accepted, and ``on_log`` with the trainer's metrics at
@@ -179,6 +180,7 @@ def main(
         lora=cfg.lora,
         merged=cfg.lora and cfg.merge_lora,
         config=cfg.to_dict(),
+        extra={"trajectories": [str(Path(p).expanduser().resolve()) for p in trajectories], **(extra or {})},
     )
     (out / "training_summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary

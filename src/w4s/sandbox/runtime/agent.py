@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import time
 
 import protocol
 
@@ -44,6 +45,7 @@ printed = out.getvalue()[-20000:]
 sys.__stdout__.write("\n__W4S_RESULT__" + json.dumps({"value": None if value is None else str(value)[:20000], "error": error, "stdout": printed}))
 """
 
+_SPAN_TEXT = 2000  # characters of code and output a trace span keeps
 _BLOCK = re.compile(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", re.DOTALL)
 
 
@@ -69,6 +71,14 @@ class _Channel:
         self._next_id = 0
         self._reading = False
         self._closed: str | None = None
+
+    def notify(self, message: dict) -> None:
+        """Send a message that gets no reply (a trace span); never fails the workflow."""
+        try:
+            with self._send_lock:
+                protocol.send(self._sock, message)
+        except (OSError, protocol.ProtocolError, ValueError, TypeError):
+            pass
 
     def request(self, method: str, params: dict):
         waker = _thread.allocate_lock()
@@ -222,6 +232,21 @@ class Agent:
         Returns the value of ``solution()`` (when the code defines it) or of the final expression,
         as a string; otherwise what the code printed. Errors come back as ``"Error: Type: msg"``.
         """
+        started = time.time_ns()
+        result = self._execute(code, timeout)
+        self._channel.notify(
+            {
+                "op": "span",
+                "name": "execute_code",
+                "start_ns": started,
+                "end_ns": time.time_ns(),
+                "input": str(code)[:_SPAN_TEXT],
+                "output": result[:_SPAN_TEXT],
+            }
+        )
+        return result
+
+    def _execute(self, code: str, timeout: float) -> str:
         import subprocess  # here, not at the top: it imports threading, whose fork handler every job would run
 
         timeout = max(0.1, min(float(timeout), float(self._code_limits["timeout"])))
