@@ -208,6 +208,6 @@ class CallbackHandler:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._thread is not None:
+        if self.callbacks:
             self.emit("on_close")  # last: after on_run_end, or in place of it when the run raised
         self.close()

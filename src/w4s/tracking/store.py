@@ -13,6 +13,7 @@ import functools
 import importlib.util
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,30 +138,54 @@ def experiment_id(client, name: str, uri: str) -> str:
         return found.experiment_id
 
 
+_FLUENT_LOCK = threading.Lock()
+_fluent: dict = {"depth": 0, "uri": None, "saved": None}
+
+
 @contextlib.contextmanager
 def fluent_uri(uri: str) -> Iterator[None]:
     """MLflow's module-level functions (downloads, tracing, the registry's check of a logged model)
     read the process-wide tracking URI, and setting it also sets ``MLFLOW_TRACKING_URI`` for the rest
-    of the process: point both at ``uri`` for the block, then put back exactly what was there."""
+    of the process: point both at ``uri`` for the block, then put back exactly what was there.
+
+    Blocks may overlap (two promoters on threads of one process): the first to enter saves what was
+    there, the last to leave puts it back. Overlapping blocks on two different stores would read each
+    other's: that is refused."""
     import mlflow
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved_env = {name: os.environ.get(name) for name in names}
-    saved = tracking_utils._tracking_uri, registry_utils._registry_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    with _FLUENT_LOCK:
+        if _fluent["depth"] and _fluent["uri"] != uri:
+            raise InfrastructureError(
+                f"this process is already using the MLflow store {_fluent['uri']}: use {uri} from another process"
+            )
+        if not _fluent["depth"]:
+            _fluent["saved"] = (
+                {name: os.environ.get(name) for name in names},
+                tracking_utils._tracking_uri,
+                registry_utils._registry_uri,
+            )
+            _fluent["uri"] = uri
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+        _fluent["depth"] += 1
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved[0])
-        registry_utils._registry_uri = saved[1]
-        for name, value in saved_env.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        with _FLUENT_LOCK:
+            _fluent["depth"] -= 1
+            if not _fluent["depth"]:
+                saved_env, tracking, registry = _fluent["saved"]
+                mlflow.set_tracking_uri(tracking)
+                registry_utils._registry_uri = registry
+                for name, value in saved_env.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+                _fluent["uri"] = _fluent["saved"] = None
 
 
 def ui_command(uri: str) -> str:
