@@ -12,7 +12,7 @@
    seconds and MB/s. Both the client writing to S3 itself (an experiment whose artifact location is
    the bucket) and the server proxying artifacts to it. Target: <= 1.2x.
 
-Usage: python perf/tracking_speed.py [--repeats 3] [--samples 800]
+Usage: python perf/tracking_speed.py [--repeats 5] [--samples 800]
 Writes perf/results/tracking_speed.json.
 """
 
@@ -159,7 +159,7 @@ def main() -> None:
         "--data-dir", default=os.environ.get("W4S_DATA_DIR") or str(REPO.parent / "shared" / "datasets")
     )
     parser.add_argument("--samples", type=int, default=800)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", choices=["tracking", "registry"], help="run one part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="w4s-perf-") as scratch:

@@ -596,10 +596,16 @@ class MLflowTracking(Callback):
             )
 
 
+_NICENESS = 19
+
+
 def serve(uri: str, trace_sample_rate: float) -> int:
     """The recorder process: read length-prefixed pickled events from stdin (written by our own
     MLflowTracking, in the parent), record them, and print the summary as one JSON line at the end."""
     logging.basicConfig(level=logging.WARNING, format="w4s recorder: %(message)s")
+    # The record waits for the work, never the other way round: on a busy machine the recorder gets
+    # the CPU the work leaves (importing MLflow alone is a second or more of it).
+    os.nice(_NICENESS)
     recorder = Recorder(uri, trace_sample_rate)
     source = sys.stdin.buffer
     while True:
