@@ -31,6 +31,10 @@ class Example:
 REWARD_LIMIT = 10.0  # w4s optimize writes rewards in [-1.1, 1]; beyond this a record is not one of ours
 _FIELDS = ("episode", "turn", "prompt_messages", "reply", "reward")
 _NOT_OURS = "is this a w4s trajectories file?"
+# The trajectory file a record came from: read_records adds it (a merged file keeps the original's), so
+# that episodes of different files (tasks, runs) with the same number stay apart.
+SOURCE = "source"
+FILTERS = ("only_success_episodes", "drop_failed", "turns")
 
 
 def read_records(paths: list[str | Path]) -> list[dict]:
@@ -61,6 +65,7 @@ def read_records(paths: list[str | Path]) -> list[dict]:
             except (ValueError, RecursionError):
                 raise ConfigError(f"{where} is not a JSON line; {_NOT_OURS}") from None
             check_record(record, where)
+            record.setdefault(SOURCE, str(path))
             records.append(record)
     return records
 
@@ -115,6 +120,57 @@ def _shown(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+@dataclass
+class Filtered:
+    """The records the filters keep, and how many each filter dropped (in the order they apply)."""
+
+    kept: list[dict]
+    dropped: dict[str, int]
+
+
+def episode_key(record: dict) -> tuple:
+    """An episode: its number within its file (records built in memory have no file: number alone)."""
+    return (record.get(SOURCE), record["episode"])
+
+
+def filter_records(records: list[dict], cfg) -> Filtered:
+    """Apply the filters of ``cfg`` (a TrainConfig, or any config with ``only_success_episodes``,
+    ``drop_failed`` and ``turns``): episodes without a reward >= 1, candidates that never produced a
+    workflow, turns not listed. The records must be checked ones (``check_record``)."""
+    kept = list(records)
+    dropped = dict.fromkeys(FILTERS, 0)
+    if cfg.only_success_episodes:
+        good = {episode_key(r) for r in kept if r["reward"] >= 1.0}
+        before = len(kept)
+        kept = [r for r in kept if episode_key(r) in good]
+        dropped["only_success_episodes"] = before - len(kept)
+    if cfg.drop_failed:
+        before = len(kept)
+        kept = [r for r in kept if r.get("workflow")]
+        dropped["drop_failed"] = before - len(kept)
+    if cfg.turns is not None:
+        turns = set(cfg.turns)
+        before = len(kept)
+        kept = [r for r in kept if r["turn"] in turns]
+        dropped["turns"] = before - len(kept)
+    return Filtered(kept, dropped)
+
+
+def rwr_weight(reward: float, temperature: float) -> float:
+    """The RWR weight of a reward: exp(reward / T)."""
+    return math.exp(float(reward) / temperature)
+
+
+def check_temperature(rewards, temperature: float) -> None:
+    """Refuse a temperature at which exp(reward / T) overflows for some reward."""
+    top = max(rewards, key=abs)
+    if abs(top) / temperature > 700:  # exp() overflows near 709.8
+        raise ConfigError(
+            f"temperature={temperature:g} is too small for reward {top:g}: exp(reward / T) overflows; "
+            "raise temperature (the paper uses 0.4)"
+        )
+
+
 def build_examples(records: list[dict], cfg: TrainConfig) -> list[Example]:
     if not records:
         raise ConfigError("the trajectory files hold no records; run `w4s optimize` first")
@@ -125,14 +181,7 @@ def build_examples(records: list[dict], cfg: TrainConfig) -> list[Example]:
             )
     for index, record in enumerate(records, 1):
         check_record(record, f"trajectory record {index}")
-    kept = list(records)
-    if cfg.only_success_episodes:
-        good = {r["episode"] for r in kept if r["reward"] >= 1.0}
-        kept = [r for r in kept if r["episode"] in good]
-    if cfg.drop_failed:
-        kept = [r for r in kept if r.get("workflow")]
-    if cfg.turns is not None:
-        kept = [r for r in kept if r["turn"] in set(cfg.turns)]
+    kept = filter_records(records, cfg).kept
     if not kept:
         raise ConfigError(
             "no trajectory records are left after the filters (only_success_episodes, drop_failed, turns)"
@@ -143,18 +192,13 @@ def build_examples(records: list[dict], cfg: TrainConfig) -> list[Example]:
             f"every reward equals {rewards.pop()}: weighting cannot steer anything (RWR would be plain SFT); "
             "collect more turns, or set allow_uniform_weights"
         )
-    top = max(rewards, key=abs)
-    if abs(top) / cfg.temperature > 700:  # exp() overflows near 709.8
-        raise ConfigError(
-            f"temperature={cfg.temperature:g} is too small for reward {top:g}: exp(reward / T) overflows; "
-            "raise temperature (the paper uses 0.4)"
-        )
+    check_temperature(rewards, cfg.temperature)
     return [
         Example(
             r["prompt_messages"],
             r["reply"],
             float(r["reward"]),
-            math.exp(float(r["reward"]) / cfg.temperature),
+            rwr_weight(r["reward"], cfg.temperature),
             f"episode {r['episode']} turn {r['turn']} candidate {r.get('candidate')}",
         )
         for r in kept
