@@ -5,9 +5,9 @@ free loopback port, stopped by that group after the test: ``.url`` (the ``--host
 ``.requests()`` (everything a client sent), ``.control(require_token=..., faults=[...], set_run={...})``.
 ``echo_package`` (per package) is a one-step pipeline compiled with ``kfp.compiler`` to YAML, taking
 ``text: str``, ``repeat: int = 2``, ``scale: float = 0.5`` and ``loud: bool = False``.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: kfp reads the components' annotations as types.
+"""
 
 from pathlib import Path
 
