@@ -201,6 +201,24 @@ def test_an_unreachable_host_is_one_line_naming_it(echo_package):
     assert url in one_line(exc)
 
 
+def test_a_host_that_never_answers_fails_at_the_deadline(monkeypatch):
+    """Connects (the kernel's backlog accepts) but nothing ever answers: the one health check times out."""
+    monkeypatch.setattr(client, "HEALTH_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(InfrastructureError) as exc:
+            client.list_runs(url)
+    message = one_line(exc)
+    assert url in message and "no answer within 0.5 s" in message and "port-forward" in message
+
+
+def test_one_health_check_per_command(kfp_server, echo_package):
+    client.submit(echo_package, host=kfp_server.url, params={"text": "x"})
+    assert len(sent(kfp_server, "GET", "/healthz")) == 1
+
+
 @pytest.fixture
 def token_server():
     server = KfpServer.start(token="right-token")

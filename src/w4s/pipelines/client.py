@@ -28,7 +28,8 @@ sent: unknown names, missing required ones and values of the wrong type are a ``
 JSON for lists and structs). Secrets never travel as parameters: a parameter named like a key, secret,
 token, password or credential, or whose value is that of such an environment variable
 (``OPENAI_API_KEY`` ...), is refused; give the pipeline the *name* of a Kubernetes secret instead
-(``api_key_secret_name=...``: names ending in ``_name`` or ``_ref`` are allowed).
+(``api_key_secret_name=...``: names ending in ``_name``, ``_ref``, ``_env``, ``_file`` or ``_path`` are
+allowed, and so are ``max_tokens`` and the like). Dict and list parameters are searched the same way.
 
 Auth, as KFP does it: an explicit ``token`` (``--token``) wins; otherwise the file named by
 ``KF_PIPELINES_SA_TOKEN_PATH`` (a service-account token, as mounted in a pod); otherwise no token (a
@@ -36,11 +37,13 @@ port-forward to an unauthenticated ``ml-pipeline-ui``). The token goes as ``Auth
 ``namespace`` is the Kubeflow profile namespace of a multi-user install (``None`` for single-user).
 The run URL uses ``ui_host`` or ``KF_PIPELINES_UI_ENDPOINT`` when set, else ``host``.
 
-Errors are one line, never a traceback: ``InfrastructureError`` when the cluster side fails (host
-unreachable: check ``--host`` and the port-forward; 401/403: which token source was used and how to
-pass one; any other HTTP error: status and KFP's short reason) and ``ConfigError`` for bad input (a
-package that is missing or not a KFP pipeline spec, bad parameters, a bad cron, an unknown experiment
-in ``list_runs``). kfp's own console output is sent to this module's logger at INFO.
+Every command first makes one health check with a deadline (``HEALTH_TIMEOUT_S``, no retries), so a
+wrong host fails fast. Errors are one line, never a traceback: ``InfrastructureError`` when the cluster
+side fails (host unreachable or silent: check ``--host`` and the port-forward; 401/403: which token
+source was used and how to pass one; any other HTTP error: status and KFP's short reason) and
+``ConfigError`` for bad input (a package that is missing or not a KFP pipeline spec, bad parameters, a
+bad cron or max_concurrency, an unreadable token file, an unknown experiment in ``list_runs``). kfp's
+own console output (links it prints) goes to this module's logger at INFO.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ DEFAULT_EXPERIMENT = "w4s"
 TOKEN_PATH_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
 UI_ENDPOINT_ENV = "KF_PIPELINES_UI_ENDPOINT"
 MAX_CONCURRENCY = 10  # KFP's own bound for recurring runs
+HEALTH_TIMEOUT_S = 15.0  # connect and read deadline of the first request to the host
 
 _CRON_FIELDS = (
     ("second", 0, 59, {}),
@@ -412,10 +416,21 @@ def _errors(host: str, token_source: str, namespace: str | None) -> Iterator[Non
             f"KFP at {host} answered {status} {exc.reason or ''}: {_reason(exc)}"
         ) from None
     except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, ConnectionError) as exc:
-        cause = getattr(exc, "reason", None) or exc
         raise InfrastructureError(
-            f"cannot reach the KFP API at {host} ({type(cause).__name__}); {unreachable}"
+            f"cannot reach the KFP API at {host} ({_why(exc)}); {unreachable}"
         ) from None
+
+
+def _why(exc: BaseException) -> str:
+    """A few words on a connection failure: 'Connection refused', 'no answer within 15 s', ..."""
+    cause = getattr(exc, "reason", None) or exc
+    if "timeout" in type(cause).__name__.lower():
+        return f"no answer within {HEALTH_TIMEOUT_S:g} s"
+    text = str(cause)
+    for marker in ("Failed to establish a new connection: ", "Failed to resolve "):
+        if marker in text:
+            return _short(text.split(marker, 1)[1].replace("[Errno 111] ", ""), 120)
+    return type(cause).__name__
 
 
 @contextlib.contextmanager
@@ -431,18 +446,41 @@ def _quiet() -> Iterator[None]:
                 logger.info("kfp: %s", line.strip())
 
 
+def _health(host: str, bearer: str | None) -> Any:
+    """One health check with a deadline and no retries, so a wrong or dead host fails fast and clearly.
+
+    kfp.Client's own start-up check retries 5 times 5 s apart and its calls have no timeout: a host that
+    drops packets would otherwise hang the command for minutes.
+    """
+    import kfp_server_api
+
+    config = kfp_server_api.Configuration(host=host)
+    config.retries = False
+    if bearer:
+        config.api_key["authorization"] = bearer
+        config.api_key_prefix["authorization"] = "Bearer"
+    api_client = kfp_server_api.ApiClient(config)
+    try:
+        api = kfp_server_api.HealthzServiceApi(api_client)
+        return api.healthz_service_get_healthz(_request_timeout=(HEALTH_TIMEOUT_S, HEALTH_TIMEOUT_S))
+    finally:
+        api_client.rest_client.pool_manager.clear()
+
+
 def _connect(host: str, namespace: str | None, token: str | None, ui_host: str | None = None) -> _Session:
     require("kfp", "kfp", "kfp_server_api")
     import kfp
 
     host = _check_host(host)
     bearer, source = _token(token)
+    with _errors(host, source, namespace):
+        health = _health(host, bearer)
 
     class Client(kfp.Client):
-        """kfp.Client whose start-up health check is one attempt: kfp retries 5 times 5 s apart on 401."""
+        """kfp.Client that reuses the health check just made instead of making its own (with retries)."""
 
         def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
-            return self._healthz_api.healthz_service_get_healthz()
+            return health
 
     with _errors(host, source, namespace), _quiet(), warnings.catch_warnings():
         # kfp warns "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later" on every start
