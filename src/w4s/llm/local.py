@@ -6,6 +6,10 @@ into one ``generate`` call (left padding), which is where a CPU or a GPU earns i
 request for ``n`` completions is ``n`` rows of that batch. The model loads in the endpoint's
 ``local_dtype`` (``auto``: bfloat16 or float16 on a GPU, float32 on the CPU). Loading and the model
 catalogue live in :mod:`w4s.llm.models`; this module needs the ``local`` extra.
+
+A generation can take minutes on a CPU, so it reports itself in plain log lines (a pod has no
+terminal): one at least every :data:`PROGRESS_INTERVAL_S` seconds while it runs, from a stopping
+criterion that only checks the clock at each step, and one with the totals when it ends.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from w4s.extras import require
@@ -22,6 +27,7 @@ from w4s.llm.models import fingerprint, load, pick_dtype, resolve
 log = logging.getLogger(__name__)
 
 _BATCH_WINDOW_S = 0.01
+PROGRESS_INTERVAL_S = 30.0  # the longest a generation runs without a log line (read at each generate)
 
 
 @dataclass
@@ -100,6 +106,7 @@ class LocalBackend:
         ``n``, so requests with different ``n`` share the call and it makes exactly the sequences
         asked for (never ``max(n)`` for every request)."""
         import torch
+        from transformers import StoppingCriteriaList
 
         model, tokenizer = self.loaded()
         temperature, max_tokens, seed = batch[0].params
@@ -113,6 +120,10 @@ class LocalBackend:
         if seed is not None:
             torch.manual_seed(seed)
         sample = temperature > 0
+        prompt_width = encoded["input_ids"].shape[1]
+        progress = _progress_criterion(
+            self.model, len(prompts), prompt_width, max_tokens, tokenizer.pad_token_id
+        )
         with torch.no_grad():
             output = model.generate(
                 **encoded,
@@ -122,8 +133,8 @@ class LocalBackend:
                 top_p=None,
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
+                stopping_criteria=StoppingCriteriaList([progress]),
             )
-        prompt_width = encoded["input_ids"].shape[1]
         results, row = [], 0
         for job in batch:
             prompt_tokens = int(encoded["attention_mask"][row].sum())
@@ -135,8 +146,57 @@ class LocalBackend:
                 texts.append(tokenizer.decode(keep, skip_special_tokens=True))
                 row += 1
             results.append(Completion(texts, prompt_tokens, completion_tokens))
+        elapsed = time.monotonic() - progress.start
+        generated = sum(result.completion_tokens for result in results)
+        log.info(
+            "%s: generated %d tokens in %d sequences in %.1f s (%d steps), %.1f tokens/s",
+            self.model,
+            generated,
+            len(prompts),
+            elapsed,
+            progress.steps,
+            generated / elapsed if elapsed > 0 else 0.0,
+        )
         return results
 
     async def aclose(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
+
+
+def _progress_criterion(model: str, sequences: int, prompt_width: int, max_tokens: int, pad_token_id):
+    """A stopping criterion that never stops anything: at each step of ``generate`` it counts the step
+    and looks at the clock, and once :data:`PROGRESS_INTERVAL_S` has passed since the last line it logs
+    one (the tokens so far are counted only then, as the final count is: every token that is not padding)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class Progress(StoppingCriteria):
+        def __init__(self):
+            self.interval_s = PROGRESS_INTERVAL_S
+            self.start = self.last = time.monotonic()
+            self.steps = 0
+            self._never: torch.Tensor | None = None
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.steps += 1
+            now = time.monotonic()
+            if now - self.last >= self.interval_s:
+                self.last = now
+                tokens = int((input_ids[:, prompt_width:] != pad_token_id).sum())
+                elapsed = now - self.start
+                log.info(
+                    "%s: generating %d sequences, %d tokens so far (step %d of at most %d) in %.0f s, %.1f tokens/s",
+                    model,
+                    sequences,
+                    tokens,
+                    self.steps,
+                    max_tokens,
+                    elapsed,
+                    tokens / elapsed if elapsed > 0 else 0.0,
+                )
+            if self._never is None or self._never.shape[0] != input_ids.shape[0]:
+                self._never = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            return self._never
+
+    return Progress()
