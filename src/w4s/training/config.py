@@ -41,6 +41,22 @@ class TrainConfig(Config):
     )
     gradient_checkpointing: bool = option(False, "trade compute for memory (long contexts, 7B models)")
     save_steps: int = option(200, "checkpoint every this many steps (resume with resume=true)", positive)
-    resume: bool = option(False, "continue from the newest checkpoint in output")
+    resume: bool = option(
+        False,
+        "continue from the newest checkpoint in output (or checkpoint_uri); start fresh, warned, if none",
+    )
+    resume_if_possible: bool = option(
+        False,
+        "for a task that may be retried: return the finished result when output (or checkpoint_uri) already "
+        "holds one of these settings, else continue from the newest checkpoint there, else start fresh",
+    )
+    checkpoint_uri: str | None = option(
+        None,
+        "s3://bucket/prefix mirroring output: checkpoints uploaded as saved, the model and summary at the end, "
+        "downloaded before training (a retried pod on another node resumes); AWS_* and AWS_ENDPOINT_URL "
+        "(or MLFLOW_S3_ENDPOINT_URL) from the environment",
+        lambda v: v.startswith("s3://") and bool(v[5:].split("/", 1)[0]),
+        "must be an s3://bucket/prefix URI",
+    )
     seed: int = option(0, "seed of data order and initialisation")
     mlflow: bool = option(True, "log params and metrics to MLflow when MLFLOW_TRACKING_URI is set")
