@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -271,11 +272,20 @@ class Optimizer:
     async def baselines(self) -> dict[str, dict]:
         path = self.out / BASELINES
         if path.exists():
-            return _read_baselines(path)
+            saved = _read_baselines(path)
+            log.info("baselines: %d scored in an earlier run (%s)", len(saved), path.name)
+            return saved
         scores = {}
-        for name, source in workflows.examples(self.task.family).items():
+        examples = workflows.examples(self.task.family)
+        log.info(
+            "baselines: evaluating %d example workflows on %d validation samples",
+            len(examples),
+            len(self.validation),
+        )
+        for name, source in examples.items():
             result = await self._evaluate(source, self.validation, f"baseline:{name}")
             scores[name] = {"valid_score": result.score, "source": source, "usage": result.usage.to_dict()}
+            log.info("baseline %s: validation %.3f", name, result.score)
         atomic_write(path, json.dumps(scores, indent=2))
         return scores
 
@@ -328,6 +338,8 @@ class Optimizer:
         }
         executor_before = self.executor.usage.to_dict()
         meta_before = self.meta.usage.to_dict()
+        started = time.monotonic()
+        name = f"turn {turn} candidate {index}"
         current_reply = reply
         for attempt in range(self.cfg.repairs + 1):
             workflow = extract_workflow(current_reply)
@@ -338,6 +350,11 @@ class Optimizer:
             else:
                 error = static_check(workflow)
                 if error is None:
+                    log.info(
+                        "%s: workflow extracted%s; self-check on 1 validation sample",
+                        name,
+                        f" from repair {attempt}" if attempt else "",
+                    )
                     check = await self._evaluate(workflow, self.validation[:1], "self-check")
                     sample = check.samples[0]
                     if sample.error is not None and sample.answer is None:
@@ -349,6 +366,13 @@ class Optimizer:
             record["error"] = error
             if attempt == self.cfg.repairs:
                 break
+            log.info(
+                "%s: %s; asking the meta-agent for repair %d of %d",
+                name,
+                _brief(error),
+                attempt + 1,
+                self.cfg.repairs,
+            )
             repaired = await self._ask_meta(
                 [{"role": "system", "content": prompts.system()}, {"role": "user", "content": ask}],
                 1,
@@ -359,6 +383,7 @@ class Optimizer:
             record["final_reply"] = current_reply
         if record["workflow"] is not None:
             record["error"] = None
+            log.info("%s: evaluating on %d validation samples", name, len(self.validation))
             result = await self._evaluate(record["workflow"], self.validation, "validation")
             record["valid_score"] = result.score
             record["feedback"] = build_feedback(result, self.validation, seed=self.cfg.seed + turn)
@@ -369,6 +394,16 @@ class Optimizer:
             "executor": _delta(executor_before, self.executor.usage.to_dict()),
             "meta": _delta(meta_before, self.meta.usage.to_dict()),
         }
+        log.info(
+            "%s done: %s, reward %+.2f, %d repairs, tokens: meta %d, executor %d; %.1f s",
+            name,
+            "failed" if record["valid_score"] is None else f"validation {record['valid_score']:.3f}",
+            record["reward"],
+            len(record["repairs"]),
+            _tokens(record["usage"]["meta"]),
+            _tokens(record["usage"]["executor"]),
+            time.monotonic() - started,
+        )
         self.callbacks.emit("on_candidate_end", copy.deepcopy(record))
         return record
 
@@ -381,7 +416,8 @@ class Optimizer:
             baselines = await self.baselines()
             for turn in range(1, self.cfg.turns + 1):
                 if (self.cfg.episode, turn, self.cfg.candidates - 1) in self.store:
-                    continue  # committed in an earlier run
+                    log.info("turn %d: committed in an earlier run", turn)
+                    continue
                 await self.turn(turn, baselines)
         except _Stopped:
             log.warning("stopping: %s", self.stopped)
@@ -406,12 +442,37 @@ class Optimizer:
             committed = self.store.get((self.cfg.episode, turn, index))
             if committed is not None:  # the turn was partly committed (its commit was cut short)
                 staged.setdefault(index, committed)
+        if staged:
+            log.info(
+                "turn %d: candidates %s evaluated in an earlier run",
+                turn,
+                ", ".join(map(str, sorted(staged))),
+            )
         if len(staged) < self.cfg.candidates:
             replies = self.folder.replies(self.cfg.episode, turn)
             if replies is None or len(replies) != self.cfg.candidates:
                 seed = derive_seed(self.cfg.seed, self.cfg.episode, turn)
+                log.info(
+                    "turn %d: asking the meta-agent %s for %d candidates (at most %d tokens each)",
+                    turn,
+                    self.meta.model,
+                    self.cfg.candidates,
+                    self.cfg.meta_max_tokens,
+                )
+                before, started = self.meta.usage.completion_tokens, time.monotonic()
                 replies = await self._ask_meta(prompt, self.cfg.candidates, seed)
                 self.folder.save_replies(self.cfg.episode, turn, replies)
+                tokens, seconds = self.meta.usage.completion_tokens - before, time.monotonic() - started
+                log.info(
+                    "turn %d: the meta-agent wrote %d candidates, %d tokens in %.1f s (%.1f tokens/s)",
+                    turn,
+                    len(replies),
+                    tokens,
+                    seconds,
+                    tokens / seconds if seconds > 0 else 0.0,
+                )
+            else:
+                log.info("turn %d: the meta-agent's %d replies saved by an earlier run", turn, len(replies))
             for index, reply in enumerate(replies):
                 if index not in staged:
                     staged[index] = await self.candidate(turn, index, prompt, reply, state)
@@ -472,6 +533,12 @@ class Optimizer:
             if self.stopped is None:
                 test_samples = select(
                     self.task.load("test", self.data_dir), self.cfg.test_limit, self.cfg.seed
+                )
+                log.info(
+                    "test: scoring the best workflow, %s (validation %.3f), on %d test samples",
+                    best["name"],
+                    best["valid_score"],
+                    len(test_samples),
                 )
                 try:
                     test_result = await self._evaluate(best["source"], test_samples, "test", split="test")
@@ -538,6 +605,16 @@ def _read_baselines(path: Path) -> dict[str, dict]:
             f"{path} is damaged ({type(exc).__name__}); delete it to evaluate the baselines again"
         ) from None
     return saved
+
+
+def _brief(error: str) -> str:
+    """An error's first line, short enough for a log line."""
+    first = error.strip().splitlines()[0] if error.strip() else error
+    return first if len(first) <= 100 else first[:97] + "..."
+
+
+def _tokens(usage: dict) -> int:
+    return usage["prompt_tokens"] + usage["completion_tokens"]
 
 
 def _delta(before: dict, after: dict) -> dict:
