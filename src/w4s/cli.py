@@ -606,6 +606,80 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("model", help="a registered model")
     rollback.set_defaults(func=cmd_registry_rollback)
 
+    pipelines = commands.add_parser(
+        "pipeline",
+        help="Kubeflow pipelines: compile, run locally, submit and schedule on a cluster",
+        description="Pipelines: rlao-training (collect, rewards, train, benchmark, register, promote) and "
+        "workflow-optimization (per task: optimize, register, promote). See docs/pipelines.md.",
+    )
+    pipeline_commands = pipelines.add_subparsers(dest="pipeline_command", required=True)
+
+    def with_params(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("name", help="rlao-training or workflow-optimization")
+        sub.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a pipeline parameter (repeatable); lists as a,b or JSON, dicts as JSON",
+        )
+        return sub
+
+    def with_host(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080")
+        sub.add_argument("--namespace", help="Kubeflow namespace (multi-user clusters)")
+        sub.add_argument(
+            "--existing-token", help="bearer token (default: $KF_PIPELINES_SA_TOKEN_PATH's file)"
+        )
+        return sub
+
+    compile_parser = pipeline_commands.add_parser("compile", help="write the pipeline's KFP YAML")
+    compile_parser.add_argument("name", help="rlao-training or workflow-optimization")
+    compile_parser.add_argument("--out", required=True, help="the YAML file to write")
+    compile_parser.set_defaults(func=cmd_pipeline_compile)
+    run_parser = with_params(pipeline_commands.add_parser("run", help="run a pipeline locally (kfp.local)"))
+    run_parser.add_argument(
+        "--local",
+        action="store_true",
+        required=True,
+        help="run on this machine with kfp.local (to run on a cluster, use submit)",
+    )
+    run_parser.add_argument(
+        "--root", help="folder for the tasks' outputs (default: <w4s home>/pipelines/<name>-<time>)"
+    )
+    run_parser.add_argument("--json", help="also write the summary as JSON to this path")
+    run_parser.set_defaults(func=cmd_pipeline_run)
+    submit = with_host(
+        with_params(pipeline_commands.add_parser("submit", help="run a pipeline on a KFP cluster"))
+    )
+    submit.add_argument("--experiment", default="w4s", help="KFP experiment (made if missing)")
+    submit.add_argument("--run-name", help="name of the run (default: the pipeline's name and the time)")
+    submit.set_defaults(func=cmd_pipeline_submit)
+    schedule = with_host(
+        with_params(pipeline_commands.add_parser("schedule", help="a recurring run on a KFP cluster"))
+    )
+    schedule.add_argument(
+        "--cron", required=True, help='KFP cron, seconds first: "0 0 3 * * 1" (Mondays 03:00)'
+    )
+    schedule.add_argument("--max-concurrency", type=int, default=1, help="runs of this schedule at once")
+    catchup = schedule.add_mutually_exclusive_group()
+    catchup.add_argument(
+        "--catchup",
+        action="store_true",
+        help="run the schedules missed while paused or down (default: skip them)",
+    )
+    catchup.add_argument("--no-catchup", action="store_false", dest="catchup", help="skip them (the default)")
+    schedule.add_argument("--experiment", default="w4s", help="KFP experiment (made if missing)")
+    schedule.add_argument("--job-name", help="name of the recurring run (default: the pipeline's name)")
+    schedule.set_defaults(func=cmd_pipeline_schedule)
+    runs = with_host(
+        pipeline_commands.add_parser("runs", help="recent runs on a KFP cluster and their state")
+    )
+    runs.add_argument("--experiment", help="only this experiment's runs")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs")
+    runs.add_argument("--json", help="also write the runs as JSON to this path")
+    runs.set_defaults(func=cmd_pipeline_runs)
+
     models_parser = commands.add_parser("models", help="local models")
     models_commands = models_parser.add_subparsers(dest="models_command", required=True)
     pull = models_commands.add_parser("pull", help="fetch a known model into the user cache (local:NAME)")
@@ -623,6 +697,110 @@ def build_parser() -> argparse.ArgumentParser:
     data_pull.add_argument("--task", action="append", help="only these tasks (repeatable; default: all)")
     data_pull.set_defaults(func=cmd_data_pull)
     return parser
+
+
+def cmd_pipeline_compile(args) -> int:
+    from w4s.pipelines import catalog
+
+    path = catalog.compile_pipeline(args.name, args.out)
+    print(path)
+    return 0
+
+
+def cmd_pipeline_run(args) -> int:
+    os.environ.setdefault("W4S_TASK_RETRIES", "0")  # before the pipelines are built: fail at once locally
+    from w4s.pipelines import catalog
+    from w4s.tracking import registry as reg
+    from w4s.tracking.store import TrackingConfig, resolve_uri, ui_command, w4s_home
+
+    arguments = catalog.parse_params(args.name, args.param)
+    root = (
+        Path(args.root)
+        if args.root
+        else w4s_home() / "pipelines" / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    summary = catalog.run_local(args.name, arguments, root)
+    uri = resolve_uri(TrackingConfig(tracking_uri=arguments.get("tracking_uri") or None))
+    registry = reg.Registry(uri)
+    entries = {}
+    for name in registry.names():
+        aliases = registry.aliases(name)
+        versions = registry.versions(name)
+        entries[name] = {"latest": str(max(int(v.version) for v in versions)) if versions else "", **aliases}
+    summary["mlflow"] = {"tracking_uri": uri, "registry": entries, "see": ui_command(uri)}
+    print(
+        f"pipeline {args.name} finished in {summary['seconds']:.0f} s; task outputs under {summary['root']}"
+    )
+    for name, entry in sorted(entries.items()):
+        shown = ", ".join(f"{key} {value}" for key, value in entry.items() if value)
+        print(f"  {name}: {shown}")
+    print(f"MLflow: {uri} (runs, traces, the registry); to see it: {ui_command(uri)}")
+    _write_json(args.json, summary)
+    return 0
+
+
+def _compiled(name: str, folder: str) -> Path:
+    from w4s.pipelines import catalog
+
+    return catalog.compile_pipeline(name, Path(folder) / f"{name}.yaml")
+
+
+def cmd_pipeline_submit(args) -> int:
+    from w4s.pipelines import catalog, client
+
+    arguments = catalog.parse_params(args.name, args.param)
+    with tempfile.TemporaryDirectory(prefix="w4s-pipeline-") as scratch:
+        made = client.submit(
+            _compiled(args.name, scratch),
+            host=args.host,
+            namespace=args.namespace,
+            experiment=args.experiment,
+            params=arguments,
+            run_name=args.run_name,
+            token=args.token,
+        )
+    print(json.dumps(made))
+    return 0
+
+
+def cmd_pipeline_schedule(args) -> int:
+    from w4s.pipelines import catalog, client
+
+    cron = client.validate_cron(args.cron)
+    arguments = catalog.parse_params(args.name, args.param)
+    with tempfile.TemporaryDirectory(prefix="w4s-pipeline-") as scratch:
+        made = client.schedule(
+            _compiled(args.name, scratch),
+            host=args.host,
+            cron=cron,
+            max_concurrency=args.max_concurrency,
+            catchup=args.catchup,
+            namespace=args.namespace,
+            experiment=args.experiment,
+            params=arguments,
+            job_name=args.job_name,
+            token=args.token,
+        )
+    print(json.dumps(made))
+    return 0
+
+
+def cmd_pipeline_runs(args) -> int:
+    from w4s.pipelines import client
+
+    found = client.list_runs(
+        args.host,
+        args.namespace,
+        experiment=args.experiment,
+        limit=args.limit,
+        token=args.token,
+    )
+    _table(
+        ["id", "name", "state", "created", "finished"],
+        [{k: r.get(k, "") for k in ("id", "name", "state", "created", "finished")} for r in found],
+    )
+    _write_json(args.json, found)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

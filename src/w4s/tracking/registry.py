@@ -678,9 +678,11 @@ def _workflow_files(folder: Path) -> tuple[Path, Path]:
 # --- registering what a run folder holds ---------------------------------------------------------------
 
 
-def register_optimize_run(registry: Registry, run_dir: str | os.PathLike):
+def register_optimize_run(registry: Registry, run_dir: str | os.PathLike, meta_agent: dict | None = None):
     """Register the best workflow of the optimize run in ``run_dir`` (its report.json, best workflow
-    and test results, checked against each other) as a new ``w4s-workflow-<task>`` challenger."""
+    and test results, checked against each other) as a new ``w4s-workflow-<task>`` challenger.
+    ``meta_agent`` ({"name", "version"}) names the registered meta-agent that wrote it where the run
+    itself could not know (a pipeline registers the checkpoint after its benchmark runs)."""
     from w4s.optimizer.result import OptimizeResult
 
     folder = Path(run_dir).expanduser().resolve()
@@ -712,7 +714,7 @@ def register_optimize_run(registry: Registry, run_dir: str | os.PathLike):
         )
     record = read_run_record(folder)
     run_id = record["run_id"] if record and record.get("tracking_uri") == registry.uri else None
-    meta = dict(result.extra.get("meta_agent") or {}) or {"model": result.meta_model}
+    meta = dict(meta_agent or result.extra.get("meta_agent") or {}) or {"model": result.meta_model}
     origin = result.best.name
     baselines = result.baselines or {}
     best_baseline = max(baselines, key=lambda name: baselines[name]) if baselines else None

@@ -648,3 +648,29 @@ if __name__ == "__main__":
     # Everything is written (the client's calls are synchronous): skip the interpreter's teardown of
     # MLflow's modules, which takes longer than the whole record.
     os._exit(0)
+
+
+PIPELINES_EXPERIMENT = "w4s/pipelines"
+
+
+def record_pipeline_status(
+    uri: str, pipeline: str, job: str, state: str, error: str = "", tasks: dict | None = None
+) -> str:
+    """One MLflow run (experiment ``w4s/pipelines``) saying how a pipeline run ended: its state, its
+    error and, where known, each task's state; the run's status is FAILED unless the pipeline
+    succeeded. Returns the MLflow run id."""
+    from mlflow.entities import RunTag
+
+    client = open_client(uri)
+    experiment = experiment_id(client, PIPELINES_EXPERIMENT, uri)
+    tags = {"w4s.kind": "pipeline", "w4s.pipeline": pipeline, "w4s.pipeline_job": job, "w4s.state": state}
+    tags["w4s.version"] = w4s_version()
+    if error:
+        tags["w4s.error"] = error[:5000]
+    created = client.create_run(experiment, run_name=f"{pipeline} {job} {state.lower()}", tags=tags)
+    if tasks:
+        client.log_batch(
+            created.info.run_id, tags=[RunTag(f"w4s.task.{k}", str(v)[:500]) for k, v in tasks.items()]
+        )
+    client.set_terminated(created.info.run_id, "FINISHED" if state.upper() == "SUCCEEDED" else "FAILED")
+    return created.info.run_id

@@ -1,0 +1,13 @@
+"""Stage: the (task, episode) pairs a training pipeline collects, for its ``ParallelFor``."""
+
+from kfp import dsl
+
+from w4s.pipelines import settings
+
+
+@dsl.component(base_image=settings.IMAGE, install_kfp_package=False)
+def plan_episodes(tasks: list, episodes: int) -> list:
+    """One item per (task, episode): ``{"name": task, "episode": n}``."""
+    from w4s.pipelines.stages.plan_episodes import run
+
+    return run(tasks, episodes)
