@@ -104,6 +104,13 @@ class OptimizeConfig(Config):
         positive,
     )
     meta_max_tokens: int = option(4096, "longest meta-agent reply", positive)
+    baselines: list | None = option(
+        None,
+        "shipped example workflows scored as baselines and shown to the meta-agent, by name (e.g. [cot, pot]); "
+        "None: all of the task's family",
+        lambda v: v is None or (bool(v) and all(isinstance(name, str) for name in v)),
+        "a non-empty list of workflow names",
+    )
 
 
 @dataclass
@@ -277,6 +284,14 @@ class Optimizer:
             return saved
         scores = {}
         examples = workflows.examples(self.task.family)
+        if self.cfg.baselines is not None:
+            unknown = [name for name in self.cfg.baselines if name not in examples]
+            if unknown:
+                raise ConfigError(
+                    f"baselines {unknown} are not shipped workflows of {self.task.family}; "
+                    f"use some of {', '.join(examples)}"
+                )
+            examples = {name: examples[name] for name in self.cfg.baselines}
         log.info(
             "baselines: evaluating %d example workflows on %d validation samples",
             len(examples),

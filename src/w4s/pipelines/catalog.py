@@ -73,6 +73,7 @@ def run_local(name: str, arguments: dict, root: str | os.PathLike) -> dict:
     log.info("pipeline %s: running locally with %s; outputs under %s", name, json.dumps(arguments), folder)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")  # our images carry Python
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             function(**arguments)
         except RuntimeError as exc:  # kfp.local: a task failed (its log is above)

@@ -59,6 +59,8 @@ def rlao_training(
     executor_model: str = "local:smollm2-135m",
     executor_base_url: str = "",
     executor_max_completion_tokens: int = 128,
+    baselines: list = ["cot"],
+    repairs: int = 1,
     benchmark_tasks: list = ["gsm8k"],
     benchmark_turns: int = 1,
     benchmark_candidates: int = 1,
@@ -90,8 +92,8 @@ def rlao_training(
         with dsl.ParallelFor(plan.output, name="tasks-x-episodes") as item:
             collect = live(
                 collect_trajectories(
-                    task=item.name,
-                    episode=item.episode,
+                    task=item,
+                    episode=0,  # the item says which
                     meta_model=meta_model,
                     base_model=base_model,
                     meta_base_url=meta_base_url,
@@ -103,6 +105,8 @@ def rlao_training(
                     test_limit=test_limit,
                     meta_max_tokens=meta_max_tokens,
                     executor_max_tokens=executor_max_completion_tokens,
+                    baselines=baselines,
+                    repairs=repairs,
                     budget_usd=budget_usd,
                     meta_config=meta,
                     executor_config=executor,
@@ -156,6 +160,8 @@ def rlao_training(
                         test_limit=test_limit,
                         meta_max_tokens=meta_max_tokens,
                         executor_max_tokens=executor_max_completion_tokens,
+                        baselines=baselines,
+                        repairs=repairs,
                         meta_config=meta,
                         executor_config=executor,
                         sandbox_config=sandbox_config,

@@ -29,6 +29,8 @@ def run(
     budget_usd: float = 0.0,
     meta_max_tokens: int = 0,
     executor_max_tokens: int = 0,
+    baselines: list | None = None,
+    repairs: int = -1,
     optimize_config: dict | None = None,
     meta_config: dict | None = None,
     executor_config: dict | None = None,
@@ -48,6 +50,9 @@ def run(
     from w4s.pipelines import params
     from w4s.sandbox.config import SandboxConfig
 
+    if "/" in task:  # a plan item, TASK/EPISODE (plan_episodes)
+        task, _, number = task.partition("/")
+        episode = int(number)
     model, why = params.starting_meta_agent(meta_model, base_model, tracking_uri)
     log.info(
         "collect %s episode %d: meta-agent %s (%s), executor %s", task, episode, model, why, executor_model
@@ -62,6 +67,8 @@ def run(
         test_limit=test_limit or None,
         budget_usd=budget_usd or None,
         meta_max_tokens=meta_max_tokens or None,
+        baselines=list(baselines) if baselines else None,
+        repairs=repairs if repairs >= 0 else None,
     )
     result = api.optimize(
         task,

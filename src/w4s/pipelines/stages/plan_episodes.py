@@ -10,4 +10,4 @@ def run(tasks: list, episodes: int) -> list:
         raise ConfigError(f"unknown tasks {unknown or tasks}; use some of {', '.join(task_names())}")
     if episodes < 1:
         raise ConfigError(f"episodes={episodes}: collect at least 1 episode per task")
-    return [{"name": task, "episode": episode} for task in tasks for episode in range(episodes)]
+    return [f"{task}/{episode}" for task in tasks for episode in range(episodes)]
