@@ -709,6 +709,7 @@ def cmd_pipeline_compile(args) -> int:
 
 def cmd_pipeline_run(args) -> int:
     os.environ.setdefault("W4S_TASK_RETRIES", "0")  # before the pipelines are built: fail at once locally
+    os.environ["W4S_PIPELINE_LOCAL"] = "1"  # no GPU placement: w4s.pipelines.settings.LOCAL
     from w4s.pipelines import catalog
     from w4s.tracking import registry as reg
     from w4s.tracking.store import TrackingConfig, resolve_uri, ui_command, w4s_home

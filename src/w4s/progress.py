@@ -99,17 +99,6 @@ class ProgressDisplay(Callback):
             )
 
     # --- the optimizer and training --------------------------------------------------------------
-    def on_candidate_end(self, record: dict) -> None:
-        score = "failed" if record["valid_score"] is None else f"{record['valid_score']:.3f}"
-        log.info(
-            "turn %d candidate %d: %s, reward %+.2f%s",
-            record["turn"],
-            record["candidate"],
-            score,
-            record["reward"],
-            f" ({str(record['error'])[:80]})" if record.get("error") else "",
-        )
-
     def on_turn_end(self, turn: TurnSummary) -> None:
         log.info(
             "turn %d committed: selected %s, best so far %.3f", turn.turn, turn.selected, turn.best_score

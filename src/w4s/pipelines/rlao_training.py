@@ -120,7 +120,7 @@ def rlao_training(
             temperature=temperature,
         ).set_display_name("compute rewards")
         rewards.set_caching_options(True)
-        with dsl.If(rewards.outputs["status"] != "empty", name="has-examples"):
+        with dsl.If(rewards.outputs["Output"] != "empty", name="has-examples"):
             train = tracked(
                 train_rwr(
                     train_set=rewards.outputs["train_set"],
@@ -139,10 +139,11 @@ def rlao_training(
             train.set_retry(
                 num_retries=settings.RETRIES, backoff_duration=settings.RETRY_BACKOFF, backoff_factor=2.0
             )
-            train.set_accelerator_type(gpu_type).set_accelerator_limit(gpu_count)
-            train.set_memory_request(train_memory).set_cpu_request(train_cpu)
-            kubernetes.add_node_selector_json(train, node_selector)
-            kubernetes.add_toleration_json(train, tolerations)
+            if not settings.LOCAL:  # placement on a GPU node (kfp.local has none to place on)
+                train.set_accelerator_type(gpu_type).set_accelerator_limit(gpu_count)
+                train.set_memory_request(train_memory).set_cpu_request(train_cpu)
+                kubernetes.add_node_selector_json(train, node_selector)
+                kubernetes.add_toleration_json(train, tolerations)
             if settings.CHECKPOINT_PVC:
                 kubernetes.mount_pvc(
                     train, pvc_name=settings.CHECKPOINT_PVC, mount_path=settings.CHECKPOINT_MOUNT
@@ -176,6 +177,7 @@ def rlao_training(
                     promote=promote,
                     executor_model=executor_model,
                     executor_base_url=executor_base_url,
+                    executor_max_tokens=executor_max_completion_tokens,
                     executor_config=executor,
                     sandbox_config=sandbox_config,
                     data_dir=data_dir,

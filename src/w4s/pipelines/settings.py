@@ -33,3 +33,7 @@ CHECKPOINT_MOUNT = "/checkpoints"
 #: pipeline run --local`` compiles with none: a local failure is shown at once)
 RETRIES = int(os.environ.get("W4S_TASK_RETRIES", "3"))
 RETRY_BACKOFF = os.environ.get("W4S_TASK_RETRY_BACKOFF", "60s")
+#: set by ``w4s pipeline run --local`` before the pipelines are built: kfp.local has no nodes to place a
+#: task on and cannot resolve resources given by pipeline parameters inside a condition, so the
+#: training task's accelerator, requests, node selector and tolerations are left out of a local run
+LOCAL = os.environ.get("W4S_PIPELINE_LOCAL", "") == "1"

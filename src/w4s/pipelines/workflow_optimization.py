@@ -74,6 +74,7 @@ def workflow_optimization(
                     promote=promote,
                     executor_model=executor_model,
                     executor_base_url=executor_base_url,
+                    executor_max_tokens=executor_max_completion_tokens,
                     executor_config=executor,
                     sandbox_config=sandbox_config,
                     data_dir=data_dir,

@@ -7,7 +7,7 @@ meta-agent may write no working workflow: RWR is then plain fine-tuning on its o
 pipeline still runs, and promotion judges the result like any other); ``empty`` when no example is
 left, and training, benchmark and registration are skipped."""
 
-from typing import List, NamedTuple
+from typing import List
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Output
@@ -23,10 +23,8 @@ def compute_rewards(
     metrics: Output[Metrics],
     merge_config: dict = {},
     temperature: float = 0.0,
-) -> NamedTuple("Rewards", [("status", str), ("examples", int)]):
+) -> str:
     """Merge the trajectories of every collect task into one training set with RWR weights."""
-    from collections import namedtuple
-
     from w4s.pipelines.stages.compute_rewards import run
 
     status, values = run(
@@ -38,4 +36,4 @@ def compute_rewards(
     )
     for name, value in values.items():
         metrics.log_metric(name, value)
-    return namedtuple("Rewards", ["status", "examples"])(status, int(values.get("examples", 0)))
+    return status

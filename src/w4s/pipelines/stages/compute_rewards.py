@@ -30,7 +30,10 @@ def run(
     from w4s.pipelines import params
     from w4s.training.trainset import MergeConfig, merge
 
-    config = params.config(MergeConfig, merge_config, temperature=temperature or None)
+    # equal rewards still train (plain fine-tuning; the promotion gate judges it): see the docstring
+    config = params.config(
+        MergeConfig, {"allow_uniform_weights": True, **(merge_config or {})}, temperature=temperature or None
+    )
     with tempfile.TemporaryDirectory(prefix="w4s-merge-") as scratch:
         result = merge([Path(p) for p in trajectories], Path(scratch), config)
         shutil.copyfile(Path(scratch) / "train.jsonl", train_set)

@@ -63,6 +63,7 @@ def run_meta_agent(
     promotion_config: dict | None = None,
     executor_model: str = "",
     executor_base_url: str = "",
+    executor_max_tokens: int = 0,
     executor_config: dict | None = None,
     sandbox_config: dict | None = None,
     data_dir: str = "",
@@ -88,7 +89,16 @@ def run_meta_agent(
         workflow = reg.register_optimize_run(registry, run, meta_agent=lineage)
         registered.append((workflow.name, str(workflow.version)))
         tasks.append(workflow.name)
-    executor = params.endpoint(executor_model, executor_base_url, executor_config) if executor_model else None
+    executor = (
+        params.endpoint(
+            executor_model,
+            executor_base_url,
+            executor_config,
+            max_completion_tokens=executor_max_tokens or None,
+        )
+        if executor_model
+        else None
+    )
     sandbox = params.config(SandboxConfig, sandbox_config)
     decisions = [_gate(reg.META_AGENT, promote, promotion_config, executor, sandbox, data_dir, tracking)]
     decisions += [
@@ -105,6 +115,7 @@ def run_workflow(
     promotion_config: dict | None = None,
     executor_model: str = "",
     executor_base_url: str = "",
+    executor_max_tokens: int = 0,
     executor_config: dict | None = None,
     sandbox_config: dict | None = None,
     data_dir: str = "",
@@ -118,7 +129,16 @@ def run_workflow(
 
     tracking = params.tracking(tracking_uri)
     workflow = reg.register_optimize_run(api.registry_of(tracking), run)
-    executor = params.endpoint(executor_model, executor_base_url, executor_config) if executor_model else None
+    executor = (
+        params.endpoint(
+            executor_model,
+            executor_base_url,
+            executor_config,
+            max_completion_tokens=executor_max_tokens or None,
+        )
+        if executor_model
+        else None
+    )
     sandbox = params.config(SandboxConfig, sandbox_config)
     decision = _gate(workflow.name, promote, promotion_config, executor, sandbox, data_dir, tracking)
     return _report(report, [(workflow.name, str(workflow.version))], [decision]), [decision]
