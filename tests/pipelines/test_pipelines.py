@@ -249,7 +249,7 @@ def test_rlao_training_runs_locally_end_to_end(data_dir, tmp_path):
     meta = registry.version(f"{reg.META_AGENT}@1")
     workflow = registry.version("w4s-workflow-gsm8k@1")
     assert workflow.tags[reg.TAG_META_VERSION] == "1"  # lineage: written by the checkpoint just trained
-    assert meta.tags.get("w4s.promotion.decision") in {"promoted", "not promoted"}
+    assert meta.tags.get("w4s.promotion.decision") in {"promoted", "rejected"}
     root = Path(tmp_path / "root")
     histogram = next(p for p in root.rglob("histogram") if p.is_file()).read_text()
     assert "data:image/png;base64," in histogram
@@ -259,3 +259,68 @@ def test_rlao_training_runs_locally_end_to_end(data_dir, tmp_path):
     assert json.loads(model.read_text())["steps"] == 2
     (record,) = pipeline_runs(uri)
     assert record.data.tags["w4s.state"] == "SUCCEEDED"
+
+
+# --- the CLI against the scripted KFP API server ------------------------------------------------------------
+
+
+def test_submit_uploads_the_compiled_pipeline_and_schedule_carries_the_cron(kfp_server, tmp_path):
+    from tests.pipelines.test_client import body, sent, uploaded_file
+
+    compiled = tmp_path / "rlao.yaml"
+    assert w4s("pipeline", "compile", "rlao-training", "--out", str(compiled)).returncode == 0
+    submitted = w4s(
+        "pipeline", "submit", "rlao-training", "--host", kfp_server.url, "--experiment", "nightly",
+        "--param", "episodes=4", "--param", "tasks=[\"gsm8k\",\"svamp\"]",
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr[-3000:]
+    (upload,) = sent(kfp_server, "POST", "/pipelines/upload")
+    assert yaml.safe_load(uploaded_file(upload)) == yaml.safe_load(compiled.read_text())
+    (run,) = sent(kfp_server, "POST", "/runs")
+    assert body(run)["runtime_config"]["parameters"] == {"episodes": 4, "tasks": ["gsm8k", "svamp"]}
+    assert json.loads(submitted.stdout)["run_id"]
+
+    scheduled = w4s(
+        "pipeline", "schedule", "rlao-training", "--host", kfp_server.url, "--cron", "0 0 3 * * 1",
+        "--max-concurrency", "1", "--no-catchup",
+    )  # fmt: skip
+    assert scheduled.returncode == 0, scheduled.stderr[-3000:]
+    (recurring,) = sent(kfp_server, "POST", "/recurringruns")
+    recurring = body(recurring)
+    assert recurring["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
+    assert int(recurring["max_concurrency"]) == 1 and recurring["no_catchup"] is True
+    listed = w4s("pipeline", "runs", "--host", kfp_server.url, "--json", str(tmp_path / "runs.json"))
+    assert listed.returncode == 0 and len(json.loads((tmp_path / "runs.json").read_text())) == 1
+    unreachable = w4s("pipeline", "submit", "rlao-training", "--host", "http://127.0.0.1:9")
+    assert unreachable.returncode == 3 and "127.0.0.1:9" in one_line(unreachable)
+
+
+# --- a component on its own under kfp.local -----------------------------------------------------------------
+
+
+def test_evaluate_workflow_component_under_kfp_local(data_dir, tmp_path, monkeypatch):
+    import kfp.local
+
+    from w4s.pipelines.components import evaluate_workflow
+
+    server = ScriptedServer({"default": "The answer is 42."})
+    monkeypatch.setenv("W4S_EXECUTOR_API_KEY", "k")
+    monkeypatch.setenv("W4S_HOME", str(tmp_path / "home"))
+    try:
+        kfp.local.init(
+            runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root")
+        )
+        task = evaluate_workflow(
+            task="gsm8k",
+            executor_model="gpt-4o-mini",
+            workflow="cot",
+            limit=LIMIT,
+            executor_base_url=server.url,
+            data_dir=str(data_dir),
+        )
+    finally:
+        server.stop()
+    metrics = task.outputs["metrics"].metadata
+    assert metrics["samples"] == LIMIT and metrics["llm_calls"] == LIMIT and 0 <= metrics["score"] <= 1
+    results = json.loads(Path(task.outputs["results"].path).read_text())
+    assert results["task"] == "gsm8k" and len(results["samples"]) == LIMIT

@@ -9,6 +9,7 @@ dataclass here, validated the same way as the command line's (a bad key is one l
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,12 @@ def config(cls: type[C], overrides: dict | None, **fields: Any) -> C:
     empty: a pipeline leaves them empty to keep the stage's default)."""
     values = dict(overrides or {})
     values.update({key: value for key, value in fields.items() if value not in (None, "")})
+    # KFP carries a dict parameter as a protobuf Struct, whose numbers are all doubles: 1 arrives as 1.0
+    for field in dataclasses.fields(cls):
+        value = values.get(field.name)
+        kind = str(field.type)
+        if isinstance(value, float) and value.is_integer() and "int" in kind and "float" not in kind:
+            values[field.name] = int(value)
     try:
         return cls.from_dict(values)
     except TypeError as exc:  # a value of the wrong kind for a field
