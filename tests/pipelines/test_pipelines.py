@@ -59,6 +59,25 @@ def test_compiling_twice_gives_the_same_bytes_and_kfp_loads_it_back(name, tmp_pa
     assert {"tasks", "executor_model", "tracking_uri"} <= set(loaded.component_spec.inputs)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_committed_yaml_is_what_compile_writes(name, tmp_path):
+    """pipelines/<name>.yaml is never hand-edited: regenerate it with `w4s pipeline compile`."""
+    env = {
+        key: ""
+        for key in ("W4S_IMAGE", "W4S_GPU_IMAGE", "W4S_IMAGE_REGISTRY", "W4S_SECRET", "W4S_CHECKPOINT_PVC")
+    }
+    env = {k: v for k, v in os.environ.items() if k not in env}
+    made = subprocess.run(
+        [sys.executable, "-m", "w4s.cli", "pipeline", "compile", name, "--out", str(tmp_path / "now.yaml")],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    committed = REPO / "pipelines" / f"{name}.yaml"
+    assert committed.read_bytes() == (tmp_path / "now.yaml").read_bytes(), (
+        f"{committed} is stale: run w4s pipeline compile {name} --out {committed.relative_to(REPO)}"
+    )
+
+
 def test_the_training_task_asks_for_gpus_and_keys_come_from_secrets(tmp_path):
     path = tmp_path / "rlao.yaml"
     assert w4s("pipeline", "compile", "rlao-training", "--out", str(path)).returncode == 0
@@ -179,6 +198,7 @@ def test_workflow_optimization_runs_locally_and_registers_the_champion(data_dir,
     uri = summary["mlflow"]["tracking_uri"]
     assert uri == f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     assert summary["mlflow"]["registry"]["w4s-workflow-gsm8k"]["champion"] == "1"
+    assert summary["mlflow"]["pipeline_run"]["state"] == "SUCCEEDED"
     assert (
         "w4s-workflow-gsm8k: latest 1, champion 1" in ran.stdout
         and "mlflow ui --backend-store-uri" in ran.stdout

@@ -674,3 +674,25 @@ def record_pipeline_status(
         )
     client.set_terminated(created.info.run_id, "FINISHED" if state.upper() == "SUCCEEDED" else "FAILED")
     return created.info.run_id
+
+
+def latest_pipeline_record(uri: str, pipeline: str) -> dict | None:
+    """The newest record :func:`record_pipeline_status` made for ``pipeline``: run id, state, error."""
+    client = open_client(uri)
+    found = client.get_experiment_by_name(PIPELINES_EXPERIMENT)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`w4s.pipeline` = '{pipeline}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    tags = runs[0].data.tags
+    return {
+        "run_id": runs[0].info.run_id,
+        "state": tags.get("w4s.state", ""),
+        "error": tags.get("w4s.error", ""),
+    }
