@@ -36,3 +36,4 @@ fi
 # torch first and pinned, so that no dependency pulls a multi-GB CUDA build onto a CPU machine.
 .venv/bin/python -m pip install -q 'torch==2.13.0'
 .venv/bin/python -m pip install -q -e '.[all,dev]'
+bash scripts/install_helm.sh  # helm + checkov for the chart tests (tests/charts)
