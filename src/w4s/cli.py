@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -426,6 +427,26 @@ def cmd_registry_rollback(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from w4s.llm.config import EndpointConfig
+    from w4s.sandbox.config import SandboxConfig
+    from w4s.serve.config import ServeConfig
+    from w4s.serve.server import serve
+    from w4s.tracking.store import TrackingConfig
+
+    cfg = _configs(
+        args,
+        serve=(ServeConfig, "", tuple(f.name for f in dataclasses.fields(ServeConfig))),
+        executor=(EndpointConfig, "executor-"),
+        sandbox=(SandboxConfig, "sandbox-"),
+        tracking=(TrackingConfig, "", ("no_tracking", "tracking_uri")),
+    )
+    _check_isolation(cfg["sandbox"])
+    settle_heap()
+    serve(cfg["serve"], cfg["executor"], cfg["sandbox"], cfg["tracking"])
+    return 0
+
+
 def cmd_models_pull(args) -> int:
     from w4s.llm import models
 
@@ -679,6 +700,30 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20, help="how many runs")
     runs.add_argument("--json", help="also write the runs as JSON to this path")
     runs.set_defaults(func=cmd_pipeline_runs)
+
+    from w4s.serve.config import ServeConfig
+
+    serve_parser = commands.add_parser(
+        "serve",
+        help="serve champion workflows behind an OpenAI-compatible API (model w4s/<task>)",
+        description="An OpenAI-compatible server: POST /v1/chat/completions with model w4s/<task> runs that task's "
+        "champion workflow (or a --workflow file) on the last user message; the executor's key comes from "
+        "W4S_EXECUTOR_API_KEY or OPENAI_API_KEY. See docs/serve.md.",
+    )
+    serve_fields = tuple(f.name for f in dataclasses.fields(ServeConfig) if f.name != "workflows")
+    config.add_arguments(serve_parser, ServeConfig, only=serve_fields)
+    serve_parser.add_argument(
+        "--workflow",
+        dest="workflows",
+        action="append",
+        metavar="TASK=PATH",
+        help="also serve this workflow (a file, or a shipped example such as cot) as w4s/TASK; repeatable",
+    )
+    config.add_arguments(serve_parser, EndpointConfig, prefix="executor-")
+    config.add_arguments(serve_parser, TrackingConfig, only=("no_tracking", "tracking_uri"))
+    with_config(serve_parser, "serve, executor, sandbox, tracking")
+    config.add_arguments(serve_parser, SandboxConfig, prefix="sandbox-")
+    serve_parser.set_defaults(func=cmd_serve)
 
     models_parser = commands.add_parser("models", help="local models")
     models_commands = models_parser.add_subparsers(dest="models_command", required=True)

@@ -1,0 +1,351 @@
+"""The ASGI app: an OpenAI-compatible chat completions API over the served workflows.
+
+``create_app(serve, executor, sandbox, tracking)`` returns a Starlette app whose lifespan opens the
+executor's gateway and loads the workflows (see :mod:`w4s.serve.champions`); run it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from w4s.errors import ConfigError
+from w4s.llm.config import EndpointConfig
+from w4s.llm.gateway import Gateway
+from w4s.sandbox.config import SandboxConfig
+from w4s.serve.champions import CURRENT, Champions, RequestState, Slot
+from w4s.serve.config import ServeConfig
+from w4s.serve.metrics import Metrics
+from w4s.tracking.store import TrackingConfig, resolve_uri
+
+log = logging.getLogger(__name__)
+
+# Error types of a run that the sandbox, not the workflow's own code, ended.
+SANDBOX_FAILURES = frozenset(
+    {"SandboxError", "KilledBySignal", "CPUTimeLimit", "FileSizeLimit", "EarlyExit", "ProtocolError"}
+)
+_TIMEOUT_GRACE_S = 5.0  # beyond the sandbox's own kill of a run that is too long
+
+
+class ApiError(Exception):
+    """An OpenAI-shaped error reply: ``{"error": {"message", "type", "code"}}``."""
+
+    def __init__(self, status: int, message: str, kind: str, code: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.headers = status, message, kind, code, headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "code": self.code, "param": None}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def read_api_keys(path: str | None) -> list[bytes]:
+    """The client keys of ``path`` (one per line; blank lines and ``#`` comments skipped)."""
+    if path is None:
+        return []
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the API keys file {path} ({type(exc).__name__}); pass a readable file"
+        ) from None
+    keys = [line.strip().encode() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not keys:
+        raise ConfigError(f"the API keys file {path} holds no key; write one key per line")
+    return keys
+
+
+def answer_text(answer) -> str:
+    """A workflow's answer as the reply's content: text as it is, other plain data as JSON."""
+    return answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
+
+
+def create_app(
+    serve: ServeConfig | None = None,
+    executor: EndpointConfig | None = None,
+    sandbox: SandboxConfig | None = None,
+    tracking: TrackingConfig | None = None,
+) -> Starlette:
+    serve = serve or ServeConfig()
+    executor = executor or EndpointConfig()
+    if executor.cache_path is None:  # a server answers live; a response cache is asked for by name
+        executor = replace(executor, cache_path="off")
+    sandbox = sandbox or SandboxConfig()
+    if sandbox.warm_jobs is None:
+        sandbox = replace(sandbox, warm_jobs=min(serve.max_concurrency, 16))
+    tracking = tracking or TrackingConfig()
+    keys = read_api_keys(serve.api_keys_file)
+    if not keys:
+        log.warning("no --api-keys-file: every client is served without authentication")
+    registry_uri = None if tracking.no_tracking else resolve_uri(tracking)
+    metrics = Metrics()
+    state: dict = {"in_flight": 0}
+
+    def loaded(slot: Slot) -> None:
+        metrics.loaded.labels(slot.model).set(float(slot.version or 0))
+        metrics.reloads.labels(slot.model).inc()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        async with Gateway(executor) as gateway:
+            champions = Champions(
+                gateway, sandbox, serve.workflow_paths(), registry_uri, serve.poll_s, loaded
+            )
+            state["champions"] = champions
+            try:
+                await champions.start()
+                log.info(
+                    "serving %s%s",
+                    ", ".join(sorted(champions.slots)) or "no workflow yet",
+                    ""
+                    if registry_uri is None
+                    else f" (champions polled every {serve.poll_s:g} s from {registry_uri})",
+                )
+                yield
+            finally:
+                await champions.close()
+
+    def authorize(request: Request) -> None:
+        if not keys:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        token_bytes = token.strip().encode()
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token_bytes, key) for key in keys):
+            raise ApiError(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
+
+    async def read_body(request: Request) -> dict:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > serve.max_body_bytes:
+            raise ApiError(413, f"the request body exceeds {serve.max_body_bytes} bytes", "invalid_request_error",
+                           "request_too_large")  # fmt: skip
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > serve.max_body_bytes:
+                raise ApiError(413, f"the request body exceeds {serve.max_body_bytes} bytes", "invalid_request_error",
+                               "request_too_large")  # fmt: skip
+            chunks.append(chunk)
+        try:
+            body = json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(
+                400, "the request body is not JSON", "invalid_request_error", "invalid_json"
+            ) from None
+        if not isinstance(body, dict):
+            raise ApiError(
+                400, "the request body must be a JSON object", "invalid_request_error", "invalid_json"
+            )
+        return body
+
+    def task_input(body: dict) -> str:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(
+                400, "messages must be a non-empty list", "invalid_request_error", "invalid_messages"
+            )
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):  # content parts: the text ones
+                    content = "".join(
+                        part.get("text", "")
+                        for part in content
+                        if isinstance(part, dict) and part.get("type") == "text"
+                    )
+                if isinstance(content, str) and content:
+                    return content
+                break
+        raise ApiError(
+            400, "the last user message must have text content", "invalid_request_error", "invalid_messages"
+        )
+
+    async def run_workflow(slot: Slot, text: str) -> tuple[str, RequestState]:
+        request_state = RequestState()
+        token = CURRENT.set(request_state)  # the sandbox's RPC tasks for this run inherit it
+        try:
+            async with slot.use() as box:
+                try:
+                    result = await asyncio.wait_for(
+                        box.run(text, timeout_s=serve.request_timeout_s),
+                        serve.request_timeout_s + _TIMEOUT_GRACE_S,
+                    )
+                except TimeoutError:
+                    raise ApiError(504, "the workflow did not finish in time", "timeout", "timeout") from None
+                except Exception as exc:  # noqa: BLE001 - the sandbox failed (not the workflow): logged, not leaked
+                    log.error("%s: the sandbox failed: %s: %s", slot.model, type(exc).__name__, exc)
+                    metrics.sandbox_failures.labels(slot.model).inc()
+                    raise ApiError(
+                        500, "the workflow could not be run", "server_error", "sandbox_error"
+                    ) from None
+        finally:
+            CURRENT.reset(token)
+            usage = request_state.budget.usage
+            metrics.tokens.labels(slot.model, "prompt").inc(usage.prompt_tokens)
+            metrics.tokens.labels(slot.model, "completion").inc(usage.completion_tokens)
+            metrics.cost.labels(slot.model).inc(usage.cost_usd)
+            metrics.llm_calls.labels(slot.model).inc(usage.llm_calls)
+        if result.error is None:
+            return answer_text(result.answer), request_state
+        kind = result.error.get("type") or "Error"
+        if request_state.upstream_error is not None:
+            log.warning("%s: the executor failed: %s", slot.model, request_state.upstream_error)
+            raise ApiError(502, "the executor is unavailable", "upstream_error", "executor_unavailable")
+        if kind == "TimeoutError":
+            raise ApiError(504, "the workflow did not finish in time", "timeout", "timeout")
+        if kind in SANDBOX_FAILURES:
+            metrics.sandbox_failures.labels(slot.model).inc()
+        log.info("%s: the workflow failed: %s: %s", slot.model, kind, str(result.error.get("message"))[:300])
+        raise ApiError(500, f"the workflow failed ({kind})", "server_error", "workflow_error")
+
+    async def chat_completions(request: Request) -> Response:
+        started = time.perf_counter()
+        model = "-"
+        try:
+            authorize(request)
+            body = await read_body(request)
+            model = body.get("model") if isinstance(body.get("model"), str) else "-"
+            champions: Champions = state["champions"]
+            slot = champions.get(model)
+            if slot is None:
+                raise ApiError(
+                    404, f"the model {str(body.get('model'))[:100]!r} is not served; see GET /v1/models",
+                    "invalid_request_error", "model_not_found",
+                )  # fmt: skip
+            text = task_input(body)
+            if state["in_flight"] >= serve.max_concurrency:
+                raise ApiError(
+                    429, "too many requests in flight; retry shortly", "rate_limit_error", "rate_limit_exceeded",
+                    headers={"Retry-After": "1"},
+                )  # fmt: skip
+            state["in_flight"] += 1
+            metrics.in_flight.inc()
+            try:
+                content, request_state = await run_workflow(slot, text)
+            finally:
+                state["in_flight"] -= 1
+                metrics.in_flight.dec()
+        except ApiError as exc:
+            label = model if model in state["champions"].slots else "-"
+            metrics.requests.labels(label, str(exc.status)).inc()
+            metrics.errors.labels(exc.code).inc()
+            return exc.response()
+        metrics.requests.labels(model, "200").inc()
+        metrics.latency.labels(model).observe(time.perf_counter() - started)
+        usage = request_state.budget.usage
+        reply_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        tokens = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        }
+        if body.get("stream"):
+            return StreamingResponse(
+                _sse(reply_id, created, model, content, tokens, body), media_type="text/event-stream"
+            )
+        return JSONResponse(
+            {
+                "id": reply_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": tokens,
+            }
+        )
+
+    async def models(request: Request) -> Response:
+        try:
+            authorize(request)
+        except ApiError as exc:
+            return exc.response()
+        slots = sorted(state["champions"].slots.values(), key=lambda s: s.model)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": s.model, "object": "model", "created": 0, "owned_by": "w4s", "workflow": s.label}
+                    for s in slots
+                ],
+            }
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        champions: Champions | None = state.get("champions")
+        if champions is None or not champions.ready:
+            waiting = (
+                [] if champions is None else sorted(m for m in champions.listed if m not in champions.slots)
+            )
+            return JSONResponse({"status": "loading", "waiting": waiting}, status_code=503)
+        return JSONResponse({"status": "ready", "models": sorted(champions.slots)})
+
+    async def prometheus(request: Request) -> Response:
+        data, content_type = metrics.render()
+        return Response(data, media_type=content_type)
+
+    async def not_found(request: Request, exc) -> Response:
+        return ApiError(404, "no such endpoint", "invalid_request_error", "not_found").response()
+
+    async def server_error(request: Request, exc) -> Response:
+        log.error("unhandled error: %s: %s", type(exc).__name__, exc)
+        return ApiError(500, "internal error", "server_error", "internal_error").response()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 500: server_error},
+    )
+    app.state.metrics = metrics
+    return app
+
+
+async def _sse(reply_id: str, created: int, model: str, content: str, usage: dict, body: dict):
+    """The whole answer as one content chunk, then the end (with usage when the client asked), then [DONE]."""
+
+    def event(delta: dict, finish: str | None, **more) -> str:
+        chunk = {
+            "id": reply_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **more,
+        }
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    yield event({"role": "assistant", "content": content}, None)
+    yield event({}, "stop")
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        chunk = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "choices": [], "usage": usage}  # fmt: skip
+        yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"
