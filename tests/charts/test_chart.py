@@ -218,7 +218,7 @@ def test_defaults_serve_pod_is_hardened(rendered: dict[str, list[dict]]):
     assert serve["resources"]["limits"]["memory"] and serve["resources"]["requests"]["cpu"]
     mounts = {m["mountPath"]: m["name"] for m in serve["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    for path in ("/tmp", "/var/lib/w4s", "/home/w4s"):
+    for path in ("/tmp", "/var/lib/w4s/home", "/var/lib/w4s/data", "/home/w4s"):
         assert "emptyDir" in volumes[mounts[path]], f"{path} must be a writable emptyDir"
     args = serve["args"]
     assert args[:5] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
