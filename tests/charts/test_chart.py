@@ -31,6 +31,7 @@ VALUE_SETS: dict[str, dict] = {
     "everything-on": {
         "apiKeys": {"existingSecret": "", "executorApiKey": "sk-test-executor", "metaApiKey": "sk-test-meta"},
         "clientKeys": {"keys": ["sk-client-0123456789abcdef", "sk-client-fedcba9876543210"]},
+        "executor": {"baseUrl": "https://api.openai.com/v1", "model": "gpt-4o-mini"},
         "image": {"digest": DIGEST},
         "serve": {
             "maxConcurrency": 8,
@@ -251,6 +252,8 @@ def test_everything_on(rendered: dict[str, list[dict]]):
     args = serve["args"]
     assert args[args.index("--max-concurrency") + 1] == "8"
     assert args[args.index("--request-timeout-s") + 1] == "120"
+    assert args[args.index("--executor-base-url") + 1] == "https://api.openai.com/v1"
+    assert args[args.index("--executor-model") + 1] == "gpt-4o-mini"
     assert pod["initContainers"][0]["args"] == ["sandbox", "doctor", "--strict"]
     env = {e["name"]: e for e in serve["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == "http://w4s-mlflow.w4s.svc:5000"
@@ -396,6 +399,7 @@ BAD_VALUES = [
         "apiKeys.executorApiKey: String length must be greater than or equal to 1",
     ),
     ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
+    ({"executor": {"baseUrl": "api.openai.com"}}, "executor.baseUrl: Does not match pattern"),
     (
         {"mlflow": {"server": {"enabled": True}}},
         "mlflow.server.postgresql.host: String length must be greater",
@@ -416,3 +420,35 @@ def test_schema_rejects_bad_values(helm: str, tmp_path: Path, values: dict, mess
     assert res.returncode != 0, f"helm template accepted bad values {values}"
     assert "values don't meet the specifications of the schema" in res.stderr, res.stderr
     assert message in res.stderr, f"expected {message!r} in:\n{res.stderr}"
+
+
+def test_values_annotated_for_every_key():
+    """Every key of values.yaml has a `## @param` line (a map with one covers its children), and every
+    @param names a real key."""
+    text = (CHART / "values.yaml").read_text()
+    params = set(re.findall(r"^\s*## @param (\S+) \S", text, re.MULTILINE))
+    values = yaml.safe_load(text)
+    missing = []
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if path in params:
+                continue
+            if isinstance(value, dict) and value:
+                walk(value, path + ".")
+            else:
+                missing.append(path)
+
+    walk(values, "")
+    assert not missing, f"values.yaml keys without ## @param: {missing}"
+
+    def exists(path: str) -> bool:
+        node = values
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return False
+            node = node[part]
+        return True
+
+    assert not [p for p in params if not exists(p)], "## @param lines naming no key"
