@@ -143,7 +143,16 @@ def rendered(helm: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, l
     out = {}
     for name, values in VALUE_SETS.items():
         res = _helm(
-            helm, "template", "w4s", str(CHART), "-n", NAMESPACE, "-f", str(_values_file(tmp, name, values))
+            helm,
+            "template",
+            "w4s",
+            str(CHART),
+            "--kube-version",
+            K8S_VERSION,
+            "-n",
+            NAMESPACE,
+            "-f",
+            str(_values_file(tmp, name, values)),
         )
         assert res.returncode == 0, f"helm template failed for {name}:\n{res.stderr}"
         out[name] = [d for d in yaml.safe_load_all(res.stdout) if d]
@@ -415,7 +424,16 @@ BAD_VALUES = [
 @pytest.mark.parametrize(("values", "message"), BAD_VALUES, ids=[m.split(":")[0] for _, m in BAD_VALUES])
 def test_schema_rejects_bad_values(helm: str, tmp_path: Path, values: dict, message: str):
     res = _helm(
-        helm, "template", "w4s", str(CHART), "-n", NAMESPACE, "-f", str(_values_file(tmp_path, "bad", values))
+        helm,
+        "template",
+        "w4s",
+        str(CHART),
+        "--kube-version",
+        K8S_VERSION,
+        "-n",
+        NAMESPACE,
+        "-f",
+        str(_values_file(tmp_path, "bad", values)),
     )
     assert res.returncode != 0, f"helm template accepted bad values {values}"
     assert "values don't meet the specifications of the schema" in res.stderr, res.stderr
