@@ -649,9 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     def with_host(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--host", required=True, help="the KFP API endpoint, e.g. http://localhost:8080")
         sub.add_argument("--namespace", help="Kubeflow namespace (multi-user clusters)")
-        sub.add_argument(
-            "--existing-token", help="bearer token (default: $KF_PIPELINES_SA_TOKEN_PATH's file)"
-        )
+        sub.add_argument("--token", help="bearer token (default: the file $KF_PIPELINES_SA_TOKEN_PATH names)")
         return sub
 
     compile_parser = pipeline_commands.add_parser("compile", help="write the pipeline's KFP YAML")
