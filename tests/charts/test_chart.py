@@ -338,7 +338,7 @@ def test_existing_secrets(rendered: dict[str, list[dict]]):
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["client-keys"]["secret"]["secretName"] == "team-client-keys"
     job = _one(docs, "Job", "schedule")["spec"]["template"]["spec"]["containers"][0]
-    assert job["args"][2] == "workflow-optimization" and "--existing-token" in job["args"]
+    assert job["args"][2] == "workflow-optimization" and "--token" in job["args"]
     assert {e["name"] for e in job["env"]} >= {"KFP_TOKEN"}
     policy = next(d for d in _find(docs, "NetworkPolicy") if d["metadata"]["name"] == "w4s")
     cidrs = [p["ipBlock"]["cidr"] for rule in policy["spec"]["egress"] for p in rule["to"] if "ipBlock" in p]
