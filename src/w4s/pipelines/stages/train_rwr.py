@@ -47,6 +47,8 @@ def run(
     max_steps: int = 0,
     lora: bool = True,
     temperature: float = 0.0,
+    batch_size: int = 0,
+    gradient_checkpointing: bool = False,
     train_config: dict | None = None,
     checkpoint_dir: str = "",
     checkpoint_uri: str = "",
@@ -71,6 +73,8 @@ def run(
         max_steps=max_steps or None,
         lora=lora,
         temperature=temperature or None,
+        batch_size=batch_size or None,
+        gradient_checkpointing=gradient_checkpointing or None,
         allow_uniform_weights=allow_uniform_weights,
         checkpoint_uri=checkpoint_uri or None,
     )
