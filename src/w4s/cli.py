@@ -771,10 +771,20 @@ def cmd_pipeline_run(args) -> int:
         aliases = registry.aliases(name)
         versions = registry.versions(name)
         entries[name] = {"latest": str(max(int(v.version) for v in versions)) if versions else "", **aliases}
-    summary["mlflow"] = {"tracking_uri": uri, "registry": entries, "see": ui_command(uri)}
+    from w4s.tracking.runs import latest_pipeline_record
+
+    record = latest_pipeline_record(uri, args.name)
+    summary["mlflow"] = {
+        "tracking_uri": uri,
+        "registry": entries,
+        "see": ui_command(uri),
+        "pipeline_run": record,
+    }
     print(
         f"pipeline {args.name} finished in {summary['seconds']:.0f} s; task outputs under {summary['root']}"
     )
+    if record:
+        print(f"  MLflow run {record['run_id']} (experiment w4s/pipelines): {record['state']}")
     for name, entry in sorted(entries.items()):
         shown = ", ".join(f"{key} {value}" for key, value in entry.items() if value)
         print(f"  {name}: {shown}")
