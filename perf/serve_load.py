@@ -7,7 +7,11 @@ request latency and of its overhead over the executor's latency (the nominal one
 same load gets from the executor directly on this machine), and failed requests.
 Goal: p99 overhead <= 50 ms, no failed request.
 
-Usage: python perf/serve_load.py [--requests 2000] [--clients 64] [--latency-ms 200] [--json PATH]
+With ``--kill-one``, a second run of the same load SIGKILLs one sandbox job of the server from outside
+once that run is under way (a child of a sandbox zygote, found among the server's own descendants),
+and reports how many requests failed: the goal is that only that one request is lost.
+
+Usage: python perf/serve_load.py [--requests 2000] [--clients 64] [--latency-ms 200] [--kill-one] [--json PATH]
 """
 
 from __future__ import annotations
@@ -103,6 +107,47 @@ async def load(
     return latencies, failed, time.perf_counter() - started
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def sandbox_jobs(server_pid: int) -> list[int]:
+    """The server's sandbox jobs: children of a zygote (``import worker``, whose parent is not one),
+    among the descendants of the server this script started."""
+    jobs, stack = [], [(server_pid, False)]
+    while stack:
+        pid, parent_is_worker = stack.pop()
+        is_worker = "import worker" in _cmdline(pid)
+        if is_worker and parent_is_worker:
+            jobs.append(pid)
+        stack += [(child, is_worker) for child in _children(pid)]
+    return jobs
+
+
+async def kill_one_job(server_pid: int, after_s: float) -> int | None:
+    """SIGKILL the newest sandbox job once ``after_s`` has passed; the PID killed, or None if none ran."""
+    await asyncio.sleep(after_s)
+    jobs = sandbox_jobs(server_pid)
+    if not jobs:
+        return None
+    victim = max(jobs)
+    os.kill(victim, signal.SIGKILL)
+    return victim
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -113,6 +158,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--kill-one", action="store_true", help="also a run with one sandbox job killed")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     executor = ScriptedServer({"latency_ms": args.latency_ms, "default": "The answer is 4."})
@@ -125,6 +171,20 @@ def main() -> None:
             direct, _, _ = asyncio.run(load(executor.base, args.requests, args.clients, "executor"))
             asyncio.run(load(base, min(args.clients * 2, args.requests), args.clients))  # warm-up
             latencies, failed, wall = asyncio.run(load(base, args.requests, args.clients))
+            killed = None
+            if args.kill_one:
+
+                async def killed_run():
+                    return await asyncio.gather(
+                        load(base, args.requests, args.clients), kill_one_job(proc.pid, after_s=2.0)
+                    )
+
+                (_, killed_failed, _), victim = asyncio.run(killed_run())
+                killed = {
+                    "job_killed": victim is not None,
+                    "failed": killed_failed,
+                    "requests": args.requests,
+                }
         finally:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -150,6 +210,7 @@ def main() -> None:
             1000 * (percentile(latencies, 0.99) - percentile(direct, 0.99)), 1
         ),
         "goal_met": failed == 0 and percentile(overhead, 0.99) <= 0.050,
+        "kill_one": killed,
         "cpus": os.cpu_count(),
     }
     sys.stdout.write(json.dumps(figures, indent=1) + "\n")
