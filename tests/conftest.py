@@ -115,3 +115,22 @@ def executor_server():
     server = ScriptedServer()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """The pulled SmolLM2-135M (for the slow tests): the user's cache when it is there, else a fresh pull into a temp cache."""
+    from w4s.llm import models
+
+    if (models.model_dir("smollm2-135m") / "config.json").is_file():
+        return os.environ.get("W4S_CACHE_DIR")
+    cache = str(tmp_path_factory.mktemp("w4s-cache"))
+    done = subprocess.run(
+        [sys.executable, "-m", "w4s.cli", "models", "pull", "smollm2-135m"],
+        env={**os.environ, "W4S_CACHE_DIR": cache},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return cache

@@ -800,9 +800,10 @@ def _compiled(name: str, folder: str) -> Path:
 
 
 def cmd_pipeline_submit(args) -> int:
-    from w4s.pipelines import catalog, client
+    from w4s.pipelines import client
 
-    arguments = catalog.parse_params(args.name, args.param)
+    # submit checks the parameters against the package it uploads: one compile, one check
+    arguments = client.parse_params(args.param)
     with tempfile.TemporaryDirectory(prefix="w4s-pipeline-") as scratch:
         made = client.submit(
             _compiled(args.name, scratch),
@@ -818,10 +819,10 @@ def cmd_pipeline_submit(args) -> int:
 
 
 def cmd_pipeline_schedule(args) -> int:
-    from w4s.pipelines import catalog, client
+    from w4s.pipelines import client
 
     cron = client.validate_cron(args.cron)
-    arguments = catalog.parse_params(args.name, args.param)
+    arguments = client.parse_params(args.param)  # checked against the compiled package by schedule
     with tempfile.TemporaryDirectory(prefix="w4s-pipeline-") as scratch:
         made = client.schedule(
             _compiled(args.name, scratch),

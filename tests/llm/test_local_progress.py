@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -47,25 +44,6 @@ def test_the_criterion_logs_only_once_the_interval_has_passed(monkeypatch, caplo
     assert done.shape == (2,) and done.dtype == torch.bool and not done.any()
     chatty(ids, None)
     assert [m.groups() for m in _lines(caplog, PROGRESS)] == [("2", "3", "1", "64"), ("2", "3", "2", "64")]
-
-
-@pytest.fixture(scope="module")
-def model_cache(tmp_path_factory):
-    """A pulled model: the user's cache when it is there, else a fresh pull into a temp cache."""
-    from w4s.llm import models
-
-    if (models.model_dir("smollm2-135m") / "config.json").is_file():
-        return os.environ.get("W4S_CACHE_DIR")
-    cache = str(tmp_path_factory.mktemp("w4s-cache"))
-    done = subprocess.run(
-        [sys.executable, "-m", "w4s.cli", "models", "pull", "smollm2-135m"],
-        env={**os.environ, "W4S_CACHE_DIR": cache},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return cache
 
 
 @pytest.mark.slow

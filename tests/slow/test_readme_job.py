@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.slow.test_local_model import model_cache  # noqa: F401 - the pulled model, shared
 from w4s.tracking import registry as reg
 from w4s.tracking.registry import Registry
 
@@ -29,7 +28,7 @@ def readme_job() -> list[str]:
     return words[1:]  # after the w4s executable
 
 
-def test_the_readme_main_job(model_cache, data_dir, tmp_path):  # noqa: F811
+def test_the_readme_main_job(model_cache, data_dir, tmp_path):
     args = readme_job()
     assert args[:4] == ["pipeline", "run", "rlao-training", "--local"]
     root, summary = tmp_path / "rlao-training", tmp_path / "rlao-training.json"
