@@ -698,6 +698,39 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20, help="how many runs")
     runs.add_argument("--json", help="also write the runs as JSON to this path")
     runs.set_defaults(func=cmd_pipeline_runs)
+    trainjob = pipeline_commands.add_parser(
+        "trainjob",
+        help="write a multi-node `w4s train` job for Kubeflow Trainer (TrainJob) or Training Operator (PyTorchJob)",
+        description="A manifest to `kubectl apply -f`: accelerate launch of `w4s train` on --nodes GPU nodes, the "
+        "TrainConfig flags below as its arguments, resumable from --checkpoint-uri. See docs/training.md.",
+    )
+    trainjob.add_argument("--out", required=True, help="the YAML file to write")
+    trainjob.add_argument("--name", required=True, help="the job's name (a DNS-1035 label)")
+    trainjob.add_argument("--kind", default="trainjob", choices=["trainjob", "pytorchjob"], help="job kind")
+    trainjob.add_argument(
+        "--trajectories", nargs="+", required=True, help="trajectories files, as the pods see them"
+    )
+    trainjob.add_argument("--nodes", type=int, default=2, help="nodes (pods) in the job (default 2)")
+    trainjob.add_argument(
+        "--gpus-per-node", type=int, default=8, help="GPUs (processes) per node (default 8)"
+    )
+    trainjob.add_argument("--cpu", default="16", help="CPU request and limit per node (default 16)")
+    trainjob.add_argument(
+        "--memory", default="160Gi", help="memory request and limit per node (default 160Gi)"
+    )
+    trainjob.add_argument("--namespace", help="Kubernetes namespace")
+    trainjob.add_argument("--image", help="image (default: the w4s CUDA image, $W4S_GPU_IMAGE)")
+    trainjob.add_argument("--runtime", default="torch-distributed", help="ClusterTrainingRuntime (TrainJob)")
+    trainjob.add_argument(
+        "--accelerate-config",
+        default="multi_gpu_fsdp",
+        help="shipped config (single_gpu, multi_gpu_fsdp, deepspeed_zero3) or an absolute path in the image",
+    )
+    trainjob.add_argument("--data-claim", help="ReadWriteMany PVC mounted at /data on every node")
+    trainjob.add_argument("--env-secret", help="secret with the MLflow/S3 keys (default: $W4S_MLFLOW_SECRET)")
+    with_config(trainjob, "train")
+    config.add_arguments(trainjob, TrainConfig)
+    trainjob.set_defaults(func=cmd_pipeline_trainjob)
 
     from w4s.serve.config import ServeConfig
 
@@ -855,6 +888,34 @@ def cmd_pipeline_runs(args) -> int:
         [{k: r.get(k, "") for k in ("id", "name", "state", "created", "finished")} for r in found],
     )
     _write_json(args.json, found)
+    return 0
+
+
+def cmd_pipeline_trainjob(args) -> int:
+    import yaml
+
+    from w4s.training import trainjob
+    from w4s.training.config import TrainConfig
+
+    cfg = _configs(args, train=(TrainConfig, ""))["train"]
+    spec = trainjob.JobSpec(
+        name=args.name,
+        trajectories=args.trajectories,
+        num_nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        cpu=args.cpu,
+        memory=args.memory,
+        namespace=args.namespace,
+        image=args.image,
+        runtime=args.runtime,
+        accelerate_config=args.accelerate_config,
+        data_claim=args.data_claim,
+        env_secret=args.env_secret,
+    )
+    job = trainjob.manifest(args.kind, cfg, spec)
+    _writable(args.out, "--out")
+    Path(args.out).write_text(yaml.safe_dump(job, sort_keys=False), encoding="utf-8")
+    print(args.out)
     return 0
 
 
