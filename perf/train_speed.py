@@ -6,12 +6,14 @@ full logits, its weighted loss, backward; an optimizer step per batch.
 Both see the same examples in the same order and count real (unpadded) tokens per second.
 
 Usage: python perf/train_speed.py [--device cpu|cuda] [--shape tiny|qwen0.5b] [--steps 6]
-Writes perf/results/train_speed-<device>-<shape>.json.
+       python perf/train_speed.py --device cuda --model HF_FOLDER --batch 16 --out result.json
+Writes perf/results/train_speed-<device>-<shape>.json (or --out); on CUDA with peak GPU memory per path.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -19,6 +21,7 @@ import platform
 import random
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,11 +52,19 @@ SHAPES = {
 }
 
 
-def make_model(shape: str, device: str, dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+def make_model(shape: str, device: str, dtype, path: str | None = None):
+    from transformers import (
+        AutoModelForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(0)
-    if shape == "qwen0.5b":
+    if path:  # a real model (a Hugging Face folder), e.g. Qwen2.5-Coder-1.5B-Instruct
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    elif shape == "qwen0.5b":
         model = Qwen2ForCausalLM(
             Qwen2Config(**SHAPES[shape], max_position_embeddings=4096, tie_word_embeddings=True)
         )
@@ -151,6 +162,22 @@ def run_reference(model, rows, batch: int, steps: int, max_length: int, device: 
     return time.perf_counter() - started
 
 
+def _reset_peak(device: str) -> None:
+    if device == "cuda":
+        gc.collect()  # the previous run's model, so that its memory is not counted again
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib(device: str) -> float | None:
+    """Peak GPU memory since the last reset (then resets), GiB; None on the CPU."""
+    if device != "cuda":
+        return None
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    _reset_peak(device)
+    return peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,20 +187,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--model", help="a Hugging Face model folder to train instead of a random --shape")
+    parser.add_argument(
+        "--out", help="JSON file to write (default perf/results/train_speed-<device>-<shape>.json)"
+    )
     args = parser.parse_args()
-    shape = args.shape or ("qwen0.5b" if args.device == "cuda" else "tiny")
+    shape = "model" if args.model else args.shape or ("qwen0.5b" if args.device == "cuda" else "tiny")
     max_length = args.max_length or (2048 if args.device == "cuda" else 1024)
     bf16 = args.device == "cuda" and torch.cuda.is_bf16_supported()
     dtype = torch.bfloat16 if bf16 else torch.float32
-    rows = make_rows(args.batch * args.steps, SHAPES[shape]["vocab_size"], max_length)
+    fresh_model = partial(make_model, shape, args.device, torch.float32, args.model)
+    if args.model:
+        from transformers import AutoConfig
+
+        vocab = AutoConfig.from_pretrained(args.model).vocab_size
+    else:
+        vocab = SHAPES[shape]["vocab_size"]
+    rows = make_rows(args.batch * args.steps, vocab, max_length)
     tokens = sum(len(r["input_ids"]) for r in rows)
     # Warm up both paths once (kernels, allocator), then measure.
-    run_w4s(make_model(shape, args.device, torch.float32), rows, args.batch, 1, args.device, bf16)
-    w4s_seconds = run_w4s(
-        make_model(shape, args.device, torch.float32), rows, args.batch, args.steps, args.device, bf16
-    )
+    run_w4s(fresh_model(), rows, args.batch, 1, args.device, bf16)
+    _reset_peak(args.device)
+    w4s_seconds = run_w4s(fresh_model(), rows, args.batch, args.steps, args.device, bf16)
+    w4s_peak = _peak_gib(args.device)
     reference_seconds = run_reference(
-        make_model(shape, args.device, torch.float32),
+        fresh_model(),
         rows,
         args.batch,
         args.steps,
@@ -194,9 +232,12 @@ def main() -> None:
         "reference_tokens_per_second": round(tokens / reference_seconds, 1),
         "ratio": round(reference_seconds / w4s_seconds, 2),
         "target": ">= 3x",
+        "model": args.model,
+        "w4s_peak_gpu_gib": w4s_peak,
+        "reference_peak_gpu_gib": _peak_gib(args.device),
     }
-    out = HERE / "results" / f"train_speed-{args.device}-{shape}.json"
-    out.parent.mkdir(exist_ok=True)
+    out = Path(args.out) if args.out else HERE / "results" / f"train_speed-{args.device}-{shape}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"{shape} on {args.device}: w4s {result['w4s_tokens_per_second']} tokens/s, reference "
