@@ -4,6 +4,7 @@ executor behind the gateway."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -48,6 +49,10 @@ def solver(agent, task):
         return "slept"
     if task == "data":
         return {"total": 4, "steps": [1, 2]}
+    if task == "die":
+        import os
+
+        os._exit(3)
     return agent.call_llm([{"role": "user", "content": task}], temperature=0.0)[0]
 """
 
@@ -130,7 +135,9 @@ def test_chat_models_stream_auth_and_metrics(serve, executor, workflow, tmp_path
     assert 'w4s_serve_errors_total{kind="model_not_found"} 1.0' in metrics
     assert 'w4s_serve_errors_total{kind="request_too_large"} 2.0' in metrics
     assert 'w4s_serve_request_seconds_count{model="w4s/svamp"} 1.0' in metrics
-    assert "w4s_serve_executor_cost_usd_total" in metrics and "w4s_serve_sandbox_failures_total" in metrics
+    assert 'w4s_serve_request_seconds_bucket{le="+Inf",model="w4s/gsm8k"} 3.0' in metrics
+    cost = re.search(r'w4s_serve_executor_cost_usd_total\{model="w4s/gsm8k"\} (\S+)', metrics)
+    assert cost is not None and float(cost.group(1)) > 0  # gpt-4o-mini's prices, 22 + 14 tokens
     assert "sk-executor-secret" not in server.output()
 
 
@@ -150,6 +157,12 @@ def test_failures_timeouts_and_the_concurrency_limit(serve, executor, workflow):
         "sk-executor-secret" not in failed.value.response.text
         and "/etc/w4s" not in failed.value.response.text
     )
+    # A run the sandbox ended (the job exited without an answer): a 500, counted as a sandbox failure.
+    with pytest.raises(openai.InternalServerError) as died:
+        client.chat.completions.create(model="w4s/gsm8k", messages=[{"role": "user", "content": "die"}])
+    assert died.value.body["code"] == "workflow_error"
+    assert died.value.body["message"] == "the workflow failed (EarlyExit)"
+    assert 'w4s_serve_sandbox_failures_total{model="w4s/gsm8k"} 1.0' in server.metrics()
 
     # A run that sleeps past the timeout: while it is in flight the next request is refused with
     # Retry-After (max concurrency 1), then it ends as a 504.
@@ -178,7 +191,7 @@ def test_failures_timeouts_and_the_concurrency_limit(serve, executor, workflow):
     ok = client.chat.completions.create(model="w4s/gsm8k", messages=[{"role": "user", "content": "2+2"}])
     assert ok.choices[0].message.content.endswith("The answer is 4.")
     metrics = server.metrics()
-    assert 'w4s_serve_errors_total{kind="workflow_error"} 1.0' in metrics
+    assert 'w4s_serve_errors_total{kind="workflow_error"} 2.0' in metrics
     assert 'w4s_serve_errors_total{kind="timeout"} 1.0' in metrics
     assert 'w4s_serve_errors_total{kind="rate_limit_exceeded"} 1.0' in metrics
 

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,7 +78,11 @@ def create_app(
     executor: EndpointConfig | None = None,
     sandbox: SandboxConfig | None = None,
     tracking: TrackingConfig | None = None,
+    on_fatal: Callable[[BaseException], None] | None = None,
 ) -> Starlette:
+    """The app; it answers at once and loads its workflows in the background (``/readyz`` says when
+    they are). ``on_fatal(exc)`` is called when they cannot be loaded at all (a sandbox that does not
+    start): the caller stops the server; without it ``/healthz`` answers 503 from then on."""
     serve = serve or ServeConfig()
     executor = executor or EndpointConfig()
     if executor.cache_path is None:  # a server answers live; a response cache is asked for by name
@@ -97,6 +102,23 @@ def create_app(
         metrics.loaded.labels(slot.model).set(float(slot.version or 0))
         metrics.reloads.labels(slot.model).inc()
 
+    async def load(champions: Champions) -> None:
+        try:
+            await champions.start()
+        except Exception as exc:  # noqa: BLE001 - the server cannot serve: said once, then stopped
+            state["failed"] = True
+            log.error("cannot load the workflows: %s: %s", type(exc).__name__, exc)
+            if on_fatal is not None:
+                on_fatal(exc)
+            return
+        log.info(
+            "serving %s%s",
+            ", ".join(sorted(champions.slots)) or "no workflow yet",
+            ""
+            if registry_uri is None
+            else f" (champions polled every {serve.poll_s:g} s from {registry_uri})",
+        )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         async with Gateway(executor) as gateway:
@@ -104,17 +126,15 @@ def create_app(
                 gateway, sandbox, serve.workflow_paths(), registry_uri, serve.poll_s, loaded
             )
             state["champions"] = champions
+            # Loaded in the background: /healthz answers (and /readyz says 503) while sandboxes start
+            # and the registry is first read, which can take longer than a liveness probe waits.
+            loader = asyncio.create_task(load(champions), name="w4s-serve-load")
             try:
-                await champions.start()
-                log.info(
-                    "serving %s%s",
-                    ", ".join(sorted(champions.slots)) or "no workflow yet",
-                    ""
-                    if registry_uri is None
-                    else f" (champions polled every {serve.poll_s:g} s from {registry_uri})",
-                )
                 yield
             finally:
+                loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loader
                 await champions.close()
 
     def authorize(request: Request) -> None:
@@ -219,6 +239,11 @@ def create_app(
             model = body.get("model") if isinstance(body.get("model"), str) else "-"
             champions: Champions = state["champions"]
             slot = champions.get(model)
+            if slot is None and (not champions.polled or model in champions.listed):
+                raise ApiError(
+                    503, "the model is loading; retry shortly", "server_error", "model_loading",
+                    headers={"Retry-After": "1"},
+                )  # fmt: skip
             if slot is None:
                 raise ApiError(
                     404, f"the model {str(body.get('model'))[:100]!r} is not served; see GET /v1/models",
@@ -290,6 +315,8 @@ def create_app(
         )
 
     async def healthz(request: Request) -> Response:
+        if state.get("failed"):
+            return JSONResponse({"status": "failed"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:

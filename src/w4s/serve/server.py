@@ -72,7 +72,15 @@ def serve(
         api.load_workflow(path, task)  # an unknown task or a missing file: refused before anything starts
     sandbox = sandbox or SandboxConfig()
     check_sandbox(sandbox)
-    app = create_app(serve_cfg, executor, sandbox, tracking)
+    fatal: list[BaseException] = []
+    server = None
+
+    def stop(exc: BaseException) -> None:  # the workflows cannot be loaded: stop serving, say why below
+        fatal.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(serve_cfg, executor, sandbox, tracking, on_fatal=stop)
     sock = bind(serve_cfg.host, serve_cfg.port)
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
@@ -85,5 +93,11 @@ def serve(
     server = uvicorn.Server(config)
     log.info("listening on http://%s:%d (OpenAI base URL http://%s:%d/v1)", host, port, host, port)
     asyncio.run(server.serve(sockets=[sock]))
+    if fatal:
+        if isinstance(fatal[0], ConfigError | InfrastructureError):
+            raise fatal[0]
+        raise InfrastructureError(
+            f"the workflows could not be loaded ({type(fatal[0]).__name__}: {fatal[0]}); see the log above"
+        )
     if not server.started:
         raise InfrastructureError("the server did not start; see the log above")
