@@ -98,7 +98,7 @@ step convert-model 300 "$PY" perf/gguf_to_hf.py "$GGUF" "$HF_MODEL" || exit 1
 
 # ---- 3. training throughput and peak memory (w4s vs reference), batch 8 and 16, padding-free on/off --------
 if "$PY" perf/train_speed.py --help 2>/dev/null | grep -q -- '--padding-free'; then
-    MODES=(on off)
+    MODES=(true false)
 else
     say "FAILED train-padding-free: perf/train_speed.py has no --padding-free flag yet; measuring the trainer's default only"
     FAILED+=(train-padding-free)

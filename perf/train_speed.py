@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from w4s.training.dataset import IGNORE, Collator
+from w4s.training.dataset import IGNORE
 from w4s.training.loss import per_sequence_nll
+from w4s.training.trainer import WeightedCollator
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {
@@ -90,11 +91,24 @@ def make_rows(count: int, vocab: int, max_length: int, seed: int = 0) -> list[di
     return rows
 
 
-def run_w4s(model, rows, batch: int, steps: int, device: str, bf16: bool) -> float:
-    """Seconds from the start of training to its end (the Trainer's own set-up excluded)."""
-    from transformers import TrainerCallback, TrainingArguments
+def placeholder_tokenizer():
+    """SFTTrainer wants a tokenizer; the rows here are token ids already, so any will do."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
-    from w4s.training.trainer import WeightedTrainer
+    core = Tokenizer(models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<pad>")
+
+
+def run_w4s(
+    model, rows, batch: int, steps: int, device: str, bf16: bool, padding_free: bool, max_length: int
+) -> float:
+    """Seconds from the start of training to its end (the Trainer's own set-up excluded)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig
+
+    from w4s.training.trainer import WeightedCollator, WeightedTrainer
 
     marks: list[float] = []
 
@@ -111,7 +125,7 @@ def run_w4s(model, rows, batch: int, steps: int, device: str, bf16: bool) -> flo
             self._mark()
 
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(
+        args = SFTConfig(
             output_dir=out,
             per_device_train_batch_size=batch,
             max_steps=steps,
@@ -119,8 +133,10 @@ def run_w4s(model, rows, batch: int, steps: int, device: str, bf16: bool) -> flo
             report_to=[],
             save_strategy="no",
             logging_steps=1000,
-            remove_unused_columns=False,
             bf16=bf16,
+            activation_checkpointing=False,
+            max_length=None,
+            completion_only_loss=True,
             use_cpu=device == "cpu",
             dataloader_pin_memory=False,
             disable_tqdm=True,
@@ -129,9 +145,13 @@ def run_w4s(model, rows, batch: int, steps: int, device: str, bf16: bool) -> flo
         trainer = WeightedTrainer(
             model=model,
             args=args,
-            train_dataset=rows[: batch * steps],
-            data_collator=Collator(0),
+            train_dataset=Dataset.from_list(rows[: batch * steps]),
+            processing_class=placeholder_tokenizer(),
+            data_collator=WeightedCollator(pad_token_id=0, padding_free=padding_free),
             callbacks=[Clock()],
+            # the same examples per step as the reference: the token budget never binds before `batch` does
+            max_tokens_per_batch=batch * max_length,
+            padding_free=padding_free,
         )
         trainer.train()
         return marks[-1] - marks[0]
@@ -146,7 +166,7 @@ def run_reference(model, rows, batch: int, steps: int, max_length: int, device: 
     for step in range(steps):
         optimizer.zero_grad()
         for row in rows[step * batch : (step + 1) * batch]:
-            padded = Collator(0)(
+            padded = WeightedCollator(pad_token_id=0)(
                 [row] + [{"input_ids": [0] * max_length, "labels": [IGNORE] * max_length, "weight": 0.0}]
             )  # pad to max_length, keep the sample row
             ids = padded["input_ids"][:1].to(device)
@@ -187,6 +207,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument(
+        "--padding-free",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="w4s's layout: one row without pad tokens, or padded rows (auto: padding-free on CUDA)",
+    )
     parser.add_argument("--model", help="a Hugging Face model folder to train instead of a random --shape")
     parser.add_argument(
         "--out", help="JSON file to write (default perf/results/train_speed-<device>-<shape>.json)"
@@ -206,9 +232,12 @@ def main() -> None:
     rows = make_rows(args.batch * args.steps, vocab, max_length)
     tokens = sum(len(r["input_ids"]) for r in rows)
     # Warm up both paths once (kernels, allocator), then measure.
-    run_w4s(fresh_model(), rows, args.batch, 1, args.device, bf16)
+    padding_free = args.padding_free == "true" or (args.padding_free == "auto" and args.device == "cuda")
+    run_w4s(fresh_model(), rows, args.batch, 1, args.device, bf16, padding_free, max_length)
     _reset_peak(args.device)
-    w4s_seconds = run_w4s(fresh_model(), rows, args.batch, args.steps, args.device, bf16)
+    w4s_seconds = run_w4s(
+        fresh_model(), rows, args.batch, args.steps, args.device, bf16, padding_free, max_length
+    )
     w4s_peak = _peak_gib(args.device)
     reference_seconds = run_reference(
         fresh_model(),
@@ -226,6 +255,7 @@ def main() -> None:
         "shape": shape,
         "max_length": max_length,
         "batch": args.batch,
+        "padding_free": padding_free,
         "steps": args.steps,
         "real_tokens": tokens,
         "w4s_tokens_per_second": round(tokens / w4s_seconds, 1),

@@ -347,10 +347,14 @@ def train(
         config.output,
         tags={"w4s.base_model": extra.get("base_model_reference", base)},
     )
+    # Launched as several processes (torchrun, accelerate launch): one run, tracked and registered by rank 0.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if not main_process:
+        tracking = replace(tracking or TrackingConfig(), no_tracking=True)
     with CallbackHandler(tracked(callbacks, tracking)) as handler:
         result = train_main(config, [os.fspath(p) for p in paths], callbacks=handler, run=run, extra=extra)
         handler.emit("on_run_end", result)
-    if tracking is not None and tracking.register and not tracking.no_tracking:
+    if main_process and tracking is not None and tracking.register and not tracking.no_tracking:
         from w4s.tracking.registry import register_checkpoint
 
         version = register_checkpoint(registry_of(tracking), config.output)

@@ -9,8 +9,9 @@ import torch
 
 import w4s
 from tests.training import tiny
-from w4s.training.dataset import IGNORE, Collator
+from w4s.training.dataset import IGNORE
 from w4s.training.loss import completion_positions, weighted_loss, weighted_loss_on_positions
+from w4s.training.trainer import WeightedCollator
 
 
 class Recorder(w4s.Callback):
@@ -50,10 +51,56 @@ def naive_loss(model, examples) -> torch.Tensor:
     return total / len(examples)
 
 
-def test_batched_loss_equals_the_per_sample_loop():
+def trainer_for(tmp_path, model, examples, padding_free):
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from w4s.training.trainer import WeightedCollator, WeightedTrainer
+
+    args = SFTConfig(
+        output_dir=str(tmp_path / "checkpoints"),
+        report_to=[],
+        max_length=None,
+        completion_only_loss=True,
+        activation_checkpointing=False,
+        bf16=False,
+        per_device_train_batch_size=4,
+    )
+    return WeightedTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(examples),
+        processing_class=tiny.tokenizer(),
+        data_collator=WeightedCollator(pad_token_id=0, padding_free=padding_free),
+        max_tokens_per_batch=4096,
+        padding_free=padding_free,
+    )
+
+
+@pytest.mark.parametrize("padding_free", [False, True], ids=["padded", "padding-free"])
+@pytest.mark.parametrize("fused", [False, True], ids=["completion-logits", "trl-fused-head"])
+def test_batched_loss_equals_the_per_sample_loop(tmp_path, padding_free, fused):
+    """The trainer's own loss on a collated batch, in each layout and through each way of scoring
+    (TRL's fused head runs its PyTorch fallback here; on GPUs its Triton kernel)."""
     model = tiny.model().eval()
     examples = rows(torch.Generator().manual_seed(0))
-    batch = Collator(pad_id=0)(examples)
+    trainer = trainer_for(tmp_path, model, examples, padding_free)
+    trainer._fused = fused
+    trainer.model.eval()
+    batch = WeightedCollator(pad_token_id=0, padding_free=padding_free)(examples)
+    if padding_free:
+        assert batch["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples))
+        assert "attention_mask" not in batch  # no pad token anywhere
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        reference = naive_loss(model, examples)
+    assert abs(float(loss) - float(reference)) < 1e-5
+
+
+def test_the_loss_functions_equal_the_per_sample_loop():
+    model = tiny.model().eval()
+    examples = rows(torch.Generator().manual_seed(0))
+    batch = WeightedCollator(pad_token_id=0)(examples)
     with torch.no_grad():
         full = weighted_loss(
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
@@ -71,10 +118,11 @@ def test_batched_loss_equals_the_per_sample_loop():
 
 
 def test_padding_is_dynamic_and_labels_mask_the_prompt():
-    batch = Collator(pad_id=0)(rows(torch.Generator().manual_seed(1)))
+    batch = WeightedCollator(pad_token_id=0)(rows(torch.Generator().manual_seed(1)))
     assert batch["input_ids"].shape == (4, 20)  # the longest row, not a fixed maximum
     assert (batch["labels"][1, 7:] == IGNORE).all() and (batch["attention_mask"][1, 7:] == 0).all()
     assert (batch["labels"][0, :5] == IGNORE).all()
+    assert batch["weights"].shape == (4,)
 
 
 def log_prob(model, tok, prompt, completion) -> float:

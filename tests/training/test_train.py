@@ -42,12 +42,44 @@ def test_weights_and_filters(tmp_path):
     assert len(build_examples(records, TrainConfig(turns=[2], allow_uniform_weights=True))) == 1
 
 
-def test_completion_only_labels():
+# Two templates that close the assistant's turn differently: a Llama-3-like end-of-turn token that is
+# not eos, and one that closes with eos itself. The tiny default template closes with nothing.
+EOT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} <eot> {% endfor %}"
+    "{% if add_generation_prompt %}<assistant> {% endif %}"
+)
+EOS_TEMPLATE = EOT_TEMPLATE.replace("<eot>", "</s>")
+
+
+@pytest.mark.parametrize(
+    ("template", "closing"),
+    [(None, ["</s>"]), (EOT_TEMPLATE, ["<eot>"]), (EOS_TEMPLATE, ["</s>"])],
+    ids=["no-end-of-turn: eos added", "end-of-turn is not eos", "end-of-turn is eos"],
+)
+def test_completion_is_the_templates_turn_with_its_own_stop_token(template, closing):
+    """Prompt and completion go through the chat template together; the labels are the completion and the
+    template's own end of turn (the token generation stops on), never an eos the template does not use."""
     tok = tiny.tokenizer()
+    if template:
+        tok.chat_template = template
     row = tokenize(build_examples([record(0, 1.0), record(1, 0.0)], TrainConfig()), tok, TrainConfig())[0]
-    completion = tok("good answer is 1", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     labelled = [t for t in row["labels"] if t != -100]
-    assert labelled == completion and row["input_ids"][-len(completion) :] == completion
+    expected = tok("good answer is 1", add_special_tokens=False)["input_ids"] + tok.convert_tokens_to_ids(
+        closing
+    )
+    assert labelled == expected and row["input_ids"][-len(expected) :] == expected
+    prompt = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    assert (
+        row["input_ids"][: len(row["input_ids"]) - len(expected)]
+        == tok(prompt, add_special_tokens=False)["input_ids"]
+    )
+
+
+def test_a_tokenizer_without_chat_template_is_refused():
+    tok = tiny.tokenizer()
+    tok.chat_template = None
+    with pytest.raises(ConfigError, match="no chat template; use an instruct"):
+        tokenize(build_examples([record(0, 1.0), record(1, 0.0)], TrainConfig()), tok, TrainConfig())
 
 
 @pytest.mark.parametrize(

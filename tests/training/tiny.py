@@ -6,7 +6,7 @@ from pathlib import Path
 
 WORDS = (
     "<pad> </s> [UNK] <system> <user> <assistant> good bad answer is the workflow solver def return "
-    "task agent write a new one please 1 2 3 4 5 6 7 8 9 0"
+    "task agent write a new one please 1 2 3 4 5 6 7 8 9 0 <eot>"
 ).split()
 CHAT = (
     "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"  # the trainer's output_dir, inside the output folder
 MODEL = "model"
+ADAPTER = "adapter"  # the LoRA adapters, beside the merged model
 SUMMARY = "training_summary.json"
 COMPLETE = ".w4s-complete"
 _NAME = re.compile(r"^checkpoint-(\d+)$")

@@ -6,6 +6,13 @@ from dataclasses import dataclass
 
 from w4s.config import Config, non_negative, option, positive
 
+# Examples longer than this (tokens) turn gradient checkpointing on when it is "auto".
+LONG_EXAMPLE = 512
+
+
+def _tristate(value) -> bool:
+    return value in ("auto", "true", "false")
+
 
 @dataclass
 class TrainConfig(Config):
@@ -30,7 +37,22 @@ class TrainConfig(Config):
     learning_rate: float = option(1e-5, "peak learning rate", positive)
     epochs: float = option(1.0, "passes over the data (ignored when max_steps is set)", positive)
     max_steps: int | None = option(None, "stop after this many optimizer steps", positive)
-    batch_size: int = option(4, "examples per device per step", positive)
+    max_tokens_per_batch: int = option(
+        8192,
+        "tokens (prompt + completion, padding included) per device per micro-batch: examples are sorted by "
+        "length and cut into batches within this budget, so memory per step is bounded whatever the records",
+        positive,
+    )
+    batch_size: int = option(
+        16, "most examples per device per micro-batch (max_tokens_per_batch bounds it first)", positive
+    )
+    padding_free: str = option(
+        "auto",
+        "concatenate a micro-batch's examples into one row (no pad tokens): auto = where flash-attention 2 "
+        "(varlen kernels) is available, true, or false",
+        _tristate,
+        "use auto, true or false",
+    )
     grad_accum: int = option(1, "gradient accumulation steps", positive)
     warmup_ratio: float = option(0.03, "fraction of steps for learning-rate warm-up", non_negative)
     bf16: str = option(
@@ -39,7 +61,30 @@ class TrainConfig(Config):
         lambda v: v in ("auto", "true", "false"),
         "use auto, true or false",
     )
-    gradient_checkpointing: bool = option(False, "trade compute for memory (long contexts, 7B models)")
+    gradient_checkpointing: str = option(
+        "auto",
+        "recompute activations in the backward pass (memory for compute): auto = on when the longest example "
+        f"exceeds {LONG_EXAMPLE} tokens (real meta-agent prompts do), true, or false",
+        _tristate,
+        "use auto, true or false",
+    )
+    attn_implementation: str = option(
+        "auto",
+        "attention kernels: auto = flash_attention_2 on a GPU where flash-attn is installed, else sdpa; or "
+        "sdpa, eager, flash_attention_2",
+        lambda v: v in ("auto", "sdpa", "eager", "flash_attention_2"),
+        "use auto, sdpa, eager or flash_attention_2",
+    )
+    use_liger_kernel: bool = option(
+        False,
+        "Liger's fused layer kernels (RMSNorm, RoPE, SwiGLU; GPU with liger-kernel installed); the LM head is "
+        "fused by TRL in any case on GPUs: no vocabulary-sized logits",
+    )
+    memory_check: bool = option(
+        True,
+        "estimate peak memory before training and refuse, with the setting to change, a configuration that "
+        "cannot fit the device or the container's memory limit",
+    )
     save_steps: int = option(200, "checkpoint every this many steps (resume with resume=true)", positive)
     resume: bool = option(
         False,

@@ -9,12 +9,15 @@ Only completion tokens carry loss (labels -100 elsewhere).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from w4s.errors import ConfigError
 from w4s.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 
@@ -206,25 +209,21 @@ def build_examples(records: list[dict], cfg: TrainConfig) -> list[Example]:
 
 
 def tokenize(examples: list[Example], tokenizer, cfg: TrainConfig) -> list[dict]:
-    """input_ids, labels (completion only) and weight per example; no padding here."""
+    """input_ids, labels (completion only) and weight per example; no padding here.
+
+    As TRL does for prompt-completion data: the prompt and the prompt followed by the completion are
+    rendered through the model's chat template, and the completion is what follows their common prefix.
+    So the completion ends with the template's own end of turn (``<|im_end|>``, ``<|eot_id|>``, ...),
+    the token generation stops on. Only a template that closes the assistant turn with nothing gets the
+    tokenizer's ``eos`` appended, so that the meta-agent still learns to stop.
+    """
     rows, too_long = [], []
     for example in examples:
-        prompt = tokenizer.apply_chat_template(example.messages, add_generation_prompt=True, tokenize=False)
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        completion_ids = tokenizer(example.completion, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None:
-            completion_ids = completion_ids + [tokenizer.eos_token_id]
-        ids = prompt_ids + completion_ids
+        ids, start = encode(tokenizer, example.messages, example.completion)
         if len(ids) > cfg.max_length:
             too_long.append((example.source, len(ids)))
             continue
-        rows.append(
-            {
-                "input_ids": ids,
-                "labels": [IGNORE] * len(prompt_ids) + completion_ids,
-                "weight": example.weight,
-            }
-        )
+        rows.append({"input_ids": ids, "labels": [IGNORE] * start + ids[start:], "weight": example.weight})
     if too_long and not cfg.drop_long:
         worst = max(too_long, key=lambda item: item[1])
         raise ConfigError(
@@ -236,23 +235,59 @@ def tokenize(examples: list[Example], tokenizer, cfg: TrainConfig) -> list[dict]
     return rows
 
 
-class Collator:
-    """Dynamic padding: each batch is padded to its own longest sequence, never to max_length."""
+def encode(tokenizer, messages: list[dict], completion: str) -> tuple[list[int], int]:
+    """Token ids of ``messages`` + the assistant's ``completion`` through the chat template, and where the
+    completion starts in them."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "the base model's tokenizer has no chat template; use an instruct (chat) model as the meta-agent"
+        )
+    prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": completion}], tokenize=False
+    )
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(full_text, add_special_tokens=False)["input_ids"]
+    start = _common_prefix(prompt_ids, ids)
+    if start < len(prompt_ids):
+        _warn_prefix_once(tokenizer.decode(prompt_ids[start:]))
+    if tokenizer.eos_token_id is not None and not _closes_turn(tokenizer, full_text, completion, ids[start:]):
+        ids = [*ids, tokenizer.eos_token_id]  # the template closes the turn with nothing: teach eos
+    if start >= len(ids):
+        raise ConfigError(
+            "the chat template renders no completion tokens; check the base model's chat template"
+        )
+    return ids, start
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
 
-    def __call__(self, rows: list[dict]) -> dict:
-        import torch
+def _closes_turn(tokenizer, full_text: str, completion: str, completion_ids: list[int]) -> bool:
+    """Whether the template puts an end of turn after the completion (text after it, or, where the template
+    rewrote the content, a special token among the completion's tokens)."""
+    at = full_text.rfind(completion) if completion else -1
+    if at >= 0:
+        return bool(full_text[at + len(completion) :].strip())
+    special = set(tokenizer.all_special_ids)
+    return any(token in special for token in completion_ids)
 
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            ids[i, :n] = torch.tensor(row["input_ids"])
-            labels[i, :n] = torch.tensor(row["labels"])
-            mask[i, :n] = 1
-        weights = torch.tensor([float(r["weight"]) for r in rows], dtype=torch.float32)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "weights": weights}
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+_warned_prefix = False
+
+
+def _warn_prefix_once(tail: str) -> None:
+    global _warned_prefix
+    if not _warned_prefix:
+        _warned_prefix = True
+        log.warning(
+            "the chat template renders the prompt differently once the reply follows it; the completion "
+            "starts where they diverge (the prompt's %r is not trained as context)",
+            tail[:80],
+        )

@@ -50,3 +50,37 @@ def weighted_loss_on_positions(
     """Same loss as :func:`weighted_loss`, from logits computed only at ``positions``."""
     targets = labels[:, positions + 1]
     return (aligned_nll(logits, targets) * weights.to(logits.device, torch.float32)).mean()
+
+
+def sequence_ids(labels: torch.Tensor, position_ids: torch.Tensor | None, padding_free: bool) -> torch.Tensor:
+    """The example each token belongs to, [B, T]: the row when padded; in a padding-free row (the batch's
+    examples concatenated), a new example starts wherever the position ids restart at 0."""
+    rows, width = labels.shape
+    if not padding_free:
+        return torch.arange(rows, device=labels.device)[:, None].expand(rows, width)
+    return (position_ids == 0).long().cumsum(dim=1) - 1
+
+
+def weighted_sequence_loss(
+    token_logp: torch.Tensor, mask: torch.Tensor, sequence: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """The RWR loss from per-token log-probabilities of the labelled tokens.
+
+    ``token_logp``, ``mask`` (token carries loss) and ``sequence`` (its example's index) have one shape,
+    whatever the layout (padded rows, one padding-free row, or only the completion positions): each
+    example's mean NLL over its own tokens, times its weight, averaged over the examples."""
+    count = weights.numel()
+    index = sequence[mask]
+    nll = torch.zeros(count, device=token_logp.device, dtype=torch.float32)
+    nll = nll.index_add(0, index, -token_logp[mask].float())
+    tokens = torch.zeros(count, device=token_logp.device, dtype=torch.float32)
+    tokens = tokens.index_add(0, index, torch.ones_like(index, dtype=torch.float32))
+    return (nll / tokens.clamp(min=1) * weights.to(token_logp.device, torch.float32)).mean()
+
+
+def completion_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) for logits [B, P, V] and targets [B, P] (IGNORE positions give 0), in float32."""
+    logp = -F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.clamp(min=0).reshape(-1), reduction="none"
+    ).view(targets.shape)
+    return logp * (targets != IGNORE)

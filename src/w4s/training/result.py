@@ -32,6 +32,9 @@ class TrainResult:
     merged: bool
     config: dict  # the TrainConfig's to_dict()
     extra: dict = field(default_factory=dict)
+    batches_per_epoch: int | None = None  # token-bounded micro-batches per epoch (per device)
+    settings: dict = field(default_factory=dict)  # what "auto" resolved to: checkpointing, padding-free, ...
+    peak_memory_bytes: int | None = None  # the GPU allocator's peak with CUDA, else peak RSS
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -14,7 +14,6 @@ on another node with an empty disk does the same from there.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -25,52 +24,102 @@ from pathlib import Path
 from w4s.callbacks import CallbackHandler, RunInfo
 from w4s.errors import ConfigError, InfrastructureError
 from w4s.extras import require
-from w4s.training.checkpoints import CHECKPOINTS, MODEL, SUMMARY, S3Mirror, newest_checkpoint
-from w4s.training.config import TrainConfig
-from w4s.training.dataset import Collator, build_examples, read_records, tokenize
+from w4s.training.checkpoints import ADAPTER, CHECKPOINTS, MODEL, SUMMARY, S3Mirror, newest_checkpoint
+from w4s.training.config import LONG_EXAMPLE, TrainConfig
+from w4s.training.dataset import IGNORE, build_examples, read_records, tokenize
 from w4s.training.result import TrainResult
 
 log = logging.getLogger(__name__)
 
 
-def load_base(cfg: TrainConfig):
+def load_tokenizer(cfg: TrainConfig):
     require("train", "torch", "transformers")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if not cfg.base_model:
         raise ConfigError("pass --base-model: a local model folder (or a hub id where the hub is reachable)")
     ref = os.path.expanduser(cfg.base_model)
     if (ref.startswith((".", "/", "~")) or Path(ref).exists()) and not (Path(ref) / "config.json").is_file():
         raise ConfigError(f"base model {cfg.base_model} does not exist (no config.json there)")
-    use_bf16 = cfg.bf16 == "true" or (
-        cfg.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(ref)
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.bfloat16 if use_bf16 else torch.float32)
     except OSError as exc:
         raise InfrastructureError(
             f"could not load base model {cfg.base_model}: {str(exc).splitlines()[0]}"
         ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def use_bf16(cfg: TrainConfig) -> bool:
+    import torch
+
+    return cfg.bf16 == "true" or (
+        cfg.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    )
+
+
+def attention(cfg: TrainConfig) -> str:
+    """The attention implementation: flash-attention 2 (varlen: padding-free without a mask) where a GPU and
+    flash-attn are there, else PyTorch's SDPA."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_model(cfg: TrainConfig, bf16: bool, attn: str):
+    """The base model, loaded after the TrainingArguments exist (so DeepSpeed ZeRO-3 can shard it as it
+    loads)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.expanduser(cfg.base_model),
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+            attn_implementation=attn,
+        )
+    except OSError as exc:
+        raise InfrastructureError(
+            f"could not load base model {cfg.base_model}: {str(exc).splitlines()[0]}"
+        ) from None
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(
+            f"attn_implementation={attn} cannot be used here ({str(exc).splitlines()[0]}); set "
+            "attn_implementation to sdpa"
+        ) from None
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
-    return model, tokenizer, use_bf16
+    return model
 
 
-def _with_lora(model, cfg: TrainConfig):
-    from peft import LoraConfig, get_peft_model
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
 
-    lora = LoraConfig(
+    return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules="all-linear",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+
+
+def settle(cfg: TrainConfig, rows: list[dict], attn: str) -> dict:
+    """What the "auto" settings resolve to for these examples and this machine."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    checkpointing = cfg.gradient_checkpointing == "true" or (
+        cfg.gradient_checkpointing == "auto" and longest > LONG_EXAMPLE
+    )
+    padding_free = cfg.padding_free == "true" or (cfg.padding_free == "auto" and attn == "flash_attention_2")
+    return {"gradient_checkpointing": checkpointing, "padding_free": padding_free, "longest_example": longest}
 
 
 def _report_to(cfg: TrainConfig) -> list[str]:
@@ -94,11 +143,11 @@ def main(
     """Train, write the checkpoint and training_summary.json (the result). ``callbacks`` hear
     ``on_run_start(run)`` once the inputs are accepted, and ``on_log`` with the trainer's metrics at
     every logging step."""
-    require("train", "torch", "transformers", "accelerate", "peft")
-    import torch
-    from transformers import TrainerCallback, TrainingArguments
+    require("train", "torch", "transformers", "accelerate", "peft", "trl", "datasets")
+    from datasets import Dataset
+    from transformers import TrainerCallback
 
-    from w4s.training.trainer import WeightedTrainer
+    from w4s.training.trainer import WeightedCollator, WeightedTrainer
 
     if not cfg.output:
         raise ConfigError("pass --output: the folder for the checkpoint")
@@ -130,41 +179,18 @@ def main(
         log.info(
             "%s", f"resuming from {resume}" if resume else "no checkpoint to resume from: starting fresh"
         )
-    model, tokenizer, use_bf16 = load_base(cfg)
+    tokenizer = load_tokenizer(cfg)
     if callbacks and run is not None:
         callbacks.emit("on_run_start", run)
     rows = tokenize(examples, tokenizer, cfg)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    if cfg.lora:
-        model = _with_lora(model, cfg)
+    bf16 = use_bf16(cfg)
+    attn = attention(cfg)
+    settled = settle(cfg, rows, attn)
     out.mkdir(parents=True, exist_ok=True)
-    accepted = inspect.signature(TrainingArguments.__init__).parameters
-    version_specific = {"warmup_steps": cfg.warmup_ratio}  # transformers 5: a float < 1 is a ratio
-    if "warmup_ratio" in accepted:
-        version_specific = {"warmup_ratio": cfg.warmup_ratio}
-    if "group_by_length" in accepted:
-        version_specific["group_by_length"] = True  # fewer pad tokens per batch
-    args = TrainingArguments(
-        **version_specific,
-        output_dir=str(out / CHECKPOINTS),
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps or -1,
-        logging_steps=1,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        bf16=use_bf16,
-        seed=cfg.seed,
-        report_to=_report_to(cfg),
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=False,
-    )
+    args = _arguments(cfg, out, bf16, settled["gradient_checkpointing"])
+    model = load_model(cfg, bf16, attn)
+    if cfg.memory_check:
+        _check_memory(cfg, model, rows, settled)
 
     class _Forward(TrainerCallback):
         """The trainer's log lines to w4s callbacks (which run on their own thread)."""
@@ -176,18 +202,20 @@ def main(
     trainer = WeightedTrainer(
         model=model,
         args=args,
-        train_dataset=rows,
-        data_collator=Collator(tokenizer.pad_token_id),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        data_collator=WeightedCollator(
+            pad_token_id=tokenizer.pad_token_id, padding_free=settled["padding_free"]
+        ),
+        peft_config=lora_config(cfg) if cfg.lora else None,
         callbacks=[_Forward()] + ([mirror.callback()] if mirror is not None else []),
+        max_tokens_per_batch=cfg.max_tokens_per_batch,
+        padding_free=settled["padding_free"],
     )
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
-    final = trainer.model
-    if cfg.lora and cfg.merge_lora:
-        final = final.merge_and_unload()
-    final.save_pretrained(out / MODEL)
-    tokenizer.save_pretrained(out / MODEL)
+    _save(trainer, cfg, out, tokenizer, bf16)
     tokens = sum(len(r["input_ids"]) for r in rows)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = TrainResult(
@@ -205,6 +233,9 @@ def main(
         weights={"min": min(e.weight for e in examples), "max": max(e.weight for e in examples)},
         rewards=sorted({e.reward for e in examples}),
         resumed_from=str(resume) if resume else None,
+        batches_per_epoch=len(trainer.batch_sampler()),
+        settings={**settled, "attn_implementation": attn, "bf16": bf16},
+        peak_memory_bytes=_peak_memory(),
         lora=cfg.lora,
         merged=cfg.lora and cfg.merge_lora,
         config=cfg.to_dict(),
@@ -221,6 +252,108 @@ def main(
         if mirror is not None:
             mirror.upload_result()
     return summary
+
+
+def _arguments(cfg: TrainConfig, out: Path, bf16: bool, checkpointing: bool):
+    """TRL's SFTConfig for this run (created before the model is loaded: DeepSpeed ZeRO-3 reads it then)."""
+    import dataclasses
+
+    import torch
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    # transformers 5.24 renamed gradient_checkpointing (TRL still sets the old name's default).
+    checkpoint_name = (
+        "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    )
+    return SFTConfig(
+        **{checkpoint_name: checkpointing},
+        output_dir=str(out / CHECKPOINTS),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the steps
+        logging_steps=1,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        bf16=bf16,
+        use_liger_kernel=cfg.use_liger_kernel,
+        seed=cfg.seed,
+        report_to=_report_to(cfg),
+        max_length=None,  # tokenize() has applied max_length (refusing or dropping the longer examples)
+        completion_only_loss=True,
+        padding_free=False,  # our collator does it (SFTTrainer refuses a custom collator with this flag)
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # Without a GPU, say so: several processes (torchrun, accelerate launch) then form a gloo group
+        # and train one model (DDP) instead of each training its own copy.
+        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every trainable parameter takes part in every forward
+        disable_tqdm=False,
+    )
+
+
+def _check_memory(cfg: TrainConfig, model, rows: list[dict], settled: dict) -> None:
+    """Refuse, before training, a configuration whose estimated peak exceeds the device or container."""
+    from w4s.training import memory
+    from w4s.training.batching import batch_cost, token_batches
+
+    lengths = [len(r["input_ids"]) for r in rows]
+    batches = token_batches(lengths, cfg.max_tokens_per_batch, cfg.batch_size, settled["padding_free"])
+    heaviest = max(batches, key=lambda b: batch_cost([lengths[i] for i in b], settled["padding_free"]))
+    completion = sum(sum(1 for t in rows[i]["labels"] if t != IGNORE) for i in heaviest)
+    device = "cuda" if _cuda() else "cpu"
+    estimate = memory.estimate_for(
+        model,
+        cfg,
+        batch_cost([lengths[i] for i in heaviest], settled["padding_free"]),
+        settled["longest_example"],
+        completion_tokens=completion,
+        device=device,
+    )
+    memory.check_fits(estimate, memory.memory_limit(device), cfg)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _save(trainer, cfg: TrainConfig, out: Path, tokenizer, bf16: bool) -> None:
+    """The final model, saved through the trainer (which gathers FSDP/ZeRO-3 shards and writes on the main
+    process only); LoRA adapters merged on the main process into a fresh copy of the base model."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    merge = cfg.lora and cfg.merge_lora
+    target = out / ADAPTER if merge else out / MODEL
+    trainer.save_model(str(target))
+    trainer.accelerator.wait_for_everyone()
+    if merge and trainer.is_world_process_zero():
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(
+            os.path.expanduser(cfg.base_model), dtype=torch.bfloat16 if bf16 else torch.float32
+        )
+        merged = PeftModel.from_pretrained(base, str(target)).merge_and_unload()
+        merged.save_pretrained(out / MODEL)
+        tokenizer.save_pretrained(out / MODEL)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _peak_memory() -> int | None:
+    """Peak memory of this process: the GPU's allocator peak with CUDA, else the peak resident set."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 # Settings that do not change what is trained: a retry may differ in them and still be the same run.
