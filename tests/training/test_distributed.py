@@ -68,7 +68,8 @@ def test_two_processes_train_one_model_and_save_it_once(tmp_path):
         "--tracking-uri",
         store,
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    # cwd: a sqlite store's runs keep their artifacts in ./mlruns
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "training_summary.json").read_text())
     # 8 examples in batches of 2 are 4 batches: each process took 2, so one epoch is 2 optimizer steps
