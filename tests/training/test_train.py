@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -158,7 +159,29 @@ def test_cli_errors_are_one_line(tmp_path):
             "cannot write --output",
             "choose a writable path",
         ),
+        (
+            ["--trajectories", str(good), "--base-model", str(tmp_path), "--output", str(tmp_path / "o")]
+            + ["--gradient-checkpointing", "sometimes"],
+            "gradient_checkpointing='sometimes' is invalid",
+            "use auto, true or false",
+        ),
+        (
+            ["--trajectories", str(good), "--base-model", str(tmp_path), "--output", str(tmp_path / "o")]
+            + ["--max-tokens-per-batch", "0"],
+            "max_tokens_per_batch=0 is invalid",
+            None,
+        ),
     ]
+    if importlib.util.find_spec("liger_kernel") is None:
+        base = tiny.save_base(tmp_path / "base")
+        cases.append(
+            (
+                ["--trajectories", str(good), "--base-model", str(base), "--output", str(tmp_path / "o")]
+                + ["--use-liger-kernel"],
+                "use_liger_kernel needs Liger's kernels",
+                "pip install liger-kernel",
+            )
+        )
     for args, message, more in cases:
         done = w4s(*args)
         assert done.returncode == 2, done.stderr

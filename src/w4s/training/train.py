@@ -179,6 +179,14 @@ def main(
         log.info(
             "%s", f"resuming from {resume}" if resume else "no checkpoint to resume from: starting fresh"
         )
+    if cfg.use_liger_kernel:
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError(
+                "use_liger_kernel needs Liger's kernels (GPUs with Triton): pip install liger-kernel, or set "
+                "use_liger_kernel false (the LM head is fused by TRL on GPUs in any case)"
+            )
     tokenizer = load_tokenizer(cfg)
     if callbacks and run is not None:
         callbacks.emit("on_run_start", run)
