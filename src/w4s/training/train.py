@@ -365,7 +365,7 @@ def _peak_memory() -> int | None:
 
 
 # Settings that do not change what is trained: a retry may differ in them and still be the same run.
-_NOT_IDENTITY = ("output", "resume", "resume_if_possible", "checkpoint_uri", "mlflow")
+_NOT_IDENTITY = ("output", "resume", "resume_if_possible", "checkpoint_uri", "mlflow", "memory_check")
 
 
 def trajectories_sha256(paths: list[str]) -> str:
