@@ -2,16 +2,21 @@
 
 The executor is the scripted OpenAI-compatible server with a fixed latency (200 ms); the served
 workflow makes one executor call per request. ``--clients`` concurrent clients (64) send ``--requests``
-chat completions (2,000) through one keep-alive connection each. Reported: throughput, p50/p99 of the
-request latency and of its overhead over the executor's latency (the nominal one, and the p99 the
-same load gets from the executor directly on this machine), and failed requests.
+chat completions (2,000) through one keep-alive connection each, after ``--warmup`` requests (2 per
+client) sent by the same clients on the same connections and not measured. Reported: throughput,
+p50/p99 of the request latency and of its overhead over the executor's latency (the nominal one, and
+the p99 the same load gets from the executor directly on this machine), failed requests, the overhead
+of the warm-up's first wave (every client at once on a new connection: a burst, reported apart), and
+the CPU time per measured request of the server process, its sandboxes (zygotes and jobs), the
+executor and the load generator, with how busy that kept the machine's CPUs.
 Goal: p99 overhead <= 50 ms, no failed request.
 
 With ``--kill-one``, a second run of the same load SIGKILLs one sandbox job of the server from outside
 once that run is under way (a child of a sandbox zygote, found among the server's own descendants),
 and reports how many requests failed: the goal is that only that one request is lost.
 
-Usage: python perf/serve_load.py [--requests 2000] [--clients 64] [--latency-ms 200] [--kill-one] [--json PATH]
+Usage: python perf/serve_load.py [--requests 2000] [--clients 64] [--latency-ms 200] [--warmup N] [--kill-one]
+                                [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -77,18 +83,40 @@ def start_server(executor_url: str, workflow: Path, clients: int, log: Path) -> 
     raise SystemExit(f"w4s serve was not ready:\n{log.read_text()}")
 
 
+class Run:
+    """What one load run measured: latencies of the measured requests, and of the warm-up's first wave."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.first_wave: list[float] = []
+        self.failed = 0
+        self.wall = 0.0
+        self.cpu: dict[str, float] = {}
+
+
 async def load(
-    base: str, requests: int, clients: int, model: str = "w4s/gsm8k"
-) -> tuple[list[float], int, float]:
-    latencies: list[float] = []
-    failed = 0
-    queue = iter(range(requests))
+    base: str, requests: int, clients: int, model: str = "w4s/gsm8k", warmup: int = 0, cpu_of=None
+) -> Run:
+    """``clients`` keep-alive clients take requests from one queue: the first ``warmup`` are not
+    measured (the first ``clients`` of them, sent at once on fresh connections, are kept apart as the
+    first wave), the next ``requests`` are. ``cpu_of()``: CPU seconds per process group, read when the
+    measured requests start and end."""
+    run = Run()
+    queue = iter(range(warmup + requests))
+    marks: dict[str, float] = {}
+    cpu_start: dict[str, float] = {}
+
+    def mark_start() -> None:
+        if "start" not in marks:
+            marks["start"] = time.perf_counter()
+            cpu_start.update(cpu_of() if cpu_of else {})
 
     async def client() -> None:
-        nonlocal failed
         connector = aiohttp.TCPConnector(limit=1)
         async with aiohttp.ClientSession(base_url=base, connector=connector) as http:
             for i in queue:
+                if i == warmup:
+                    mark_start()
                 body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}]}
                 started = time.perf_counter()
                 try:
@@ -97,14 +125,51 @@ async def load(
                         ok = reply.status == 200 and bool(data["choices"][0]["message"]["content"])
                 except (aiohttp.ClientError, ValueError, KeyError):
                     ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - started)
+                latency = time.perf_counter() - started
+                if i < warmup:
+                    if i < clients and ok:
+                        run.first_wave.append(latency)
+                elif ok:
+                    run.latencies.append(latency)
                 else:
-                    failed += 1
+                    run.failed += 1
 
-    started = time.perf_counter()
+    if warmup == 0:
+        mark_start()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return latencies, failed, time.perf_counter() - started
+    run.wall = time.perf_counter() - marks["start"]
+    if cpu_of:
+        run.cpu = {k: v - cpu_start.get(k, 0.0) for k, v in cpu_of().items()}
+    return run
+
+
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid`` itself, and of its children it has reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def cpu_by_part(server_pid: int, executor_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server process, its sandboxes (every descendant, and the jobs they
+    reaped), the scripted executor, and this load generator."""
+    sandbox = 0.0
+    stack = list(_children(server_pid))
+    while stack:
+        pid = stack.pop()
+        own, reaped = _cpu_seconds(pid)
+        sandbox += own + reaped
+        stack += _children(pid)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "server": _cpu_seconds(server_pid)[0],
+        "sandbox": sandbox,
+        "executor": sum(_cpu_seconds(executor_pid)),
+        "load_generator": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def _children(pid: int) -> list[int]:
@@ -158,31 +223,38 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument(
+        "--warmup", type=int, help="requests sent first and not measured (default: 2 per client)"
+    )
     parser.add_argument("--kill-one", action="store_true", help="also a run with one sandbox job killed")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     executor = ScriptedServer({"latency_ms": args.latency_ms, "default": "The answer is 4."})
+    warmup = args.warmup if args.warmup is not None else 2 * args.clients
     with tempfile.TemporaryDirectory(prefix="w4s-serve-load-") as tmp:
         workflow = Path(tmp) / "one_call.py"
         workflow.write_text(WORKFLOW)
         proc, base = start_server(executor.url, workflow, args.clients, Path(tmp) / "serve.log")
         try:
             # The executor alone, the same load straight at it: its latency as this machine delivers it.
-            direct, _, _ = asyncio.run(load(executor.base, args.requests, args.clients, "executor"))
-            asyncio.run(load(base, min(args.clients * 2, args.requests), args.clients))  # warm-up
-            latencies, failed, wall = asyncio.run(load(base, args.requests, args.clients))
+            direct = asyncio.run(load(executor.base, args.requests, args.clients, "executor", warmup))
+            run = asyncio.run(
+                load(base, args.requests, args.clients, warmup=warmup,
+                     cpu_of=lambda: cpu_by_part(proc.pid, executor.proc.pid))
+            )  # fmt: skip
             killed = None
             if args.kill_one:
 
                 async def killed_run():
                     return await asyncio.gather(
-                        load(base, args.requests, args.clients), kill_one_job(proc.pid, after_s=2.0)
+                        load(base, args.requests, args.clients, warmup=warmup),
+                        kill_one_job(proc.pid, after_s=2.0),
                     )
 
-                (_, killed_failed, _), victim = asyncio.run(killed_run())
+                killed_load, victim = asyncio.run(killed_run())
                 killed = {
                     "job_killed": victim is not None,
-                    "failed": killed_failed,
+                    "failed": killed_load.failed,
                     "requests": args.requests,
                 }
         finally:
@@ -190,26 +262,36 @@ def main() -> None:
             proc.wait()
             executor.stop()
     floor = args.latency_ms / 1000
+    latencies = run.latencies
     overhead = [latency - floor for latency in latencies]
+    first_wave = [latency - floor for latency in run.first_wave]
+    served = max(1, len(latencies))
     figures = {
         "requests": args.requests,
         "clients": args.clients,
+        "warmup_requests": warmup,
         "executor_latency_ms": args.latency_ms,
-        "failed": failed,
-        "wall_s": round(wall, 3),
-        "throughput_rps": round(len(latencies) / wall, 1),
+        "failed": run.failed,
+        "wall_s": round(run.wall, 3),
+        "throughput_rps": round(len(latencies) / run.wall, 1),
         "ideal_rps": round(args.clients / floor, 1),
         "latency_p50_ms": round(1000 * percentile(latencies, 0.5), 1),
         "latency_p99_ms": round(1000 * percentile(latencies, 0.99), 1),
         "overhead_p50_ms": round(1000 * percentile(overhead, 0.5), 1),
         "overhead_p99_ms": round(1000 * percentile(overhead, 0.99), 1),
+        "overhead_max_ms": round(1000 * max(overhead), 1),
         "overhead_mean_ms": round(1000 * statistics.fmean(overhead), 1),
-        "executor_direct_p50_ms": round(1000 * percentile(direct, 0.5), 1),
-        "executor_direct_p99_ms": round(1000 * percentile(direct, 0.99), 1),
+        "executor_direct_p50_ms": round(1000 * percentile(direct.latencies, 0.5), 1),
+        "executor_direct_p99_ms": round(1000 * percentile(direct.latencies, 0.99), 1),
         "overhead_p99_over_direct_p99_ms": round(
-            1000 * (percentile(latencies, 0.99) - percentile(direct, 0.99)), 1
+            1000 * (percentile(latencies, 0.99) - percentile(direct.latencies, 0.99)), 1
         ),
-        "goal_met": failed == 0 and percentile(overhead, 0.99) <= 0.050,
+        # The warm-up's first requests: every client at once, each on a new connection (not measured).
+        "first_wave_overhead_p50_ms": round(1000 * percentile(first_wave, 0.5), 1) if first_wave else None,
+        "first_wave_overhead_max_ms": round(1000 * max(first_wave), 1) if first_wave else None,
+        "cpu_ms_per_request": {part: round(1000 * value / served, 2) for part, value in run.cpu.items()},
+        "cpu_busy_fraction": round(sum(run.cpu.values()) / run.wall / (os.cpu_count() or 1), 2),
+        "goal_met": run.failed == 0 and percentile(overhead, 0.99) <= 0.050,
         "kill_one": killed,
         "cpus": os.cpu_count(),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import json
 import logging
@@ -68,6 +69,15 @@ def read_api_keys(path: str | None) -> list[bytes]:
     return keys
 
 
+def settle_heap() -> None:
+    """Collect, then freeze what is left (the modules, the executor's client, MLflow once the registry
+    is read): the collector then no longer walks those hundreds of thousands of objects, so a full
+    collection under load takes about a millisecond instead of stalling every request in flight for
+    tens of milliseconds (measured: 12-18 ms, twice per 2,000 requests, before this)."""
+    gc.collect()
+    gc.freeze()
+
+
 def answer_text(answer) -> str:
     """A workflow's answer as the reply's content: text as it is, other plain data as JSON."""
     return answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
@@ -118,6 +128,11 @@ def create_app(
             if registry_uri is None
             else f" (champions polled every {serve.poll_s:g} s from {registry_uri})",
         )
+        settle_heap()
+        while not champions.polled:  # the registry has not answered yet: MLflow is not fully loaded
+            await asyncio.sleep(serve.poll_s)
+        if registry_uri is not None:
+            settle_heap()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
