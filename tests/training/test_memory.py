@@ -357,10 +357,6 @@ def test_defaults_train_smollm2_on_long_records_within_4_gib(long_records, model
     assert summary["steps"] == 2 and (tmp_path / "o" / "model" / "config.json").is_file()
 
 
-# Needs the SFTTrainer rewrite, whose train.py calls memory.check_fits before training (memory_check).
-@pytest.mark.xfail(
-    strict=False, reason="the up-front memory check is wired into train.py by the SFTTrainer rewrite"
-)
 def test_cli_refuses_what_cannot_fit_in_one_line(model_cache, tmp_path):
     """One ~60k-token example without gradient checkpointing needs far more than any machine here has
     (30 layers of activations for 60k tokens); the check refuses it before training, in one line."""
@@ -421,3 +417,16 @@ def test_tame_allocator_applies_on_glibc():
 
     applied = memory.tame_allocator()
     assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert memory.allocator_tamed()
+
+
+def test_allocator_slack_is_a_cpu_part():
+    untamed = smol(allocator_slack=True)
+    assert untamed["allocator"] > 0 and smol()["allocator"] == 0
+    assert untamed["total"] - smol()["total"] == untamed["allocator"]
+    assert qwen7b(allocator_slack=True)["allocator"] == 0  # the GPU's caching allocator is in overhead
+    with pytest.raises(ConfigError) as caught:
+        memory.check_fits(
+            untamed, (smol()["total"] + GIB // 10, "cgroup memory.max"), {"max_tokens_per_batch": 4096}
+        )
+    assert "set MALLOC_MMAP_THRESHOLD_=131072 in the environment" in str(caught.value)

@@ -16,6 +16,7 @@ docs/performance.md, "Training memory"); torch is imported only by the functions
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -29,7 +30,7 @@ _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a page-rounded LONG_MAX
 # Elements saved for backward per token per decoder layer, as multiples of the layer's sizes: RMSNorms
 # (fp32 copies), q/k/v/o inputs and outputs, SDPA's saved q, k, v, output; the MLP's gate, up, act(gate)
 # and their product.
-ACT_PER_HIDDEN = 14.0
+ACT_PER_HIDDEN = 10.5
 ACT_PER_INTERMEDIATE = 4.0
 ACT_PER_KV = 4.0
 # LoRA with dropout keeps a dropped copy of each adapted linear's input (q, k, v, o, gate, up: hidden;
@@ -41,6 +42,12 @@ LOGIT_COPIES = 3.0
 # torch + transformers + peft + trl imported, tokenizer, data and allocator slack (measured on CPU);
 # on CUDA, the CUDA context and the caching allocator's fragmentation.
 CPU_OVERHEAD = 400 * MIB
+# glibc malloc with its dynamic mmap threshold keeps freed activation buffers resident: measured with
+# w4s train at the defaults on ~2k-token records, 8.2 GiB peak RSS instead of 2.4 (about this many layers'
+# worth of activations per token). tame_allocator() (or any MALLOC_*_ variable of glibc) removes it.
+ALLOCATOR_SLACK_LAYERS = 12.0
+_TAMED = {"done": False}
+_GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 CUDA_OVERHEAD = 1 * GIB
 CUDA_SLACK = 0.10  # the caching allocator's fragmentation, a share of the rest
 
@@ -219,6 +226,7 @@ def estimate_peak(
     device: str = "cpu",
     head_dim: int | None = None,
     attention: str = "sdpa",
+    allocator_slack: bool = False,
 ) -> dict[str, int]:
     """The peak memory of a training step, in bytes, by part (:data:`PARTS`), their ``total``, and the
     ``inputs`` it was computed from.
@@ -228,7 +236,8 @@ def estimate_peak(
     (default ``weight_bytes``); ``tokens_per_batch``: tokens of one micro-batch (padding included, if any);
     ``longest``: its longest sequence; ``completion_tokens``: positions where logits are computed (default a
     quarter of the batch); ``attention``: "sdpa"/"flash_attention_2" (fused: no L x L scores kept) or
-    "eager" (scores kept per layer).
+    "eager" (scores kept per layer); ``allocator_slack``: on CPU, glibc malloc keeps freed buffers (see
+    :func:`tame_allocator`).
     """
     inputs = {k: v for k, v in locals().items()}
     act_bytes = act_bytes or weight_bytes
@@ -274,6 +283,8 @@ def estimate_peak(
         "attention": int(attention_scratch),
         "logits": logits,
     }
+    slack = allocator_slack and not device.startswith("cuda")
+    parts["allocator"] = int(ALLOCATOR_SLACK_LAYERS * per_token_layer * tokens_per_batch) if slack else 0
     if device.startswith("cuda"):
         parts["overhead"] = int(CUDA_OVERHEAD + CUDA_SLACK * sum(parts.values()))
     else:
@@ -359,12 +370,13 @@ def estimate_for(
         lora=lora,
         device=device or str(first.device.type),
         attention=getattr(config, "_attn_implementation", None) or "sdpa",
+        allocator_slack=not allocator_tamed(),
     )
 
 
 # --- the check ---------------------------------------------------------------------------------------
 
-PARTS = ("weights", "optimizer", "activations", "attention", "logits", "overhead")
+PARTS = ("weights", "optimizer", "activations", "attention", "logits", "allocator", "overhead")
 
 
 def _gib(value: float) -> str:
@@ -402,6 +414,10 @@ def _advice(estimate: dict, cfg) -> list[str]:
         options.append((saving(lora=True, trainable_params=adapters), "set lora=true"))
     if inputs["weight_bytes"] > 2 and str(_get(cfg, "bf16") or "auto") != "false":
         options.append((saving(weight_bytes=2, act_bytes=2), "set bf16=true (where the hardware has it)"))
+    if inputs.get("allocator_slack") and estimate.get("allocator", 0):
+        options.append(
+            (saving(allocator_slack=False), "set MALLOC_MMAP_THRESHOLD_=131072 in the environment")
+        )
     if _get(cfg, "max_length") is not None and inputs["longest"] > 512:
         options.append(
             (
@@ -438,20 +454,6 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-__all__ = [
-    "cgroup_dirs",
-    "cgroup_limit",
-    "check_fits",
-    "cpu_limit",
-    "estimate_for",
-    "estimate_peak",
-    "gradient_checkpointing_on",
-    "lora_params",
-    "memory_limit",
-    "peak_rss_bytes",
-]
-
-
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -460,8 +462,9 @@ _M_MMAP_THRESHOLD = -3
 def tame_allocator(mmap_threshold: int = 128 * 1024) -> bool:
     """Stop glibc malloc from keeping freed activation buffers: fix the mmap threshold (glibc raises it
     to the largest freed block, so later multi-MB tensors come from the heap and stay resident after they
-    are freed) and trim the heap eagerly. On CPU this takes SmolLM2-135M's peak RSS at 2k tokens from
-    3.4-5.0 GiB to 1.3 GiB at the same speed. Returns whether it applied (glibc only; a no-op elsewhere)."""
+    are freed) and trim the heap eagerly. On CPU this takes `w4s train` at the defaults (SmolLM2-135M, four
+    ~2k-token records) from 8.2 GiB peak RSS to 2.4 GiB, and a bare training step at 2k tokens from
+    3.4-5.0 GiB to 1.3 GiB, at the same speed. Returns whether it applied (glibc only; a no-op elsewhere)."""
     import ctypes
     import ctypes.util
     import platform
@@ -471,6 +474,18 @@ def tame_allocator(mmap_threshold: int = 128 * 1024) -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold) == 1
-        return libc.mallopt(_M_TRIM_THRESHOLD, 2 * mmap_threshold) == 1 and ok
+        ok = libc.mallopt(_M_TRIM_THRESHOLD, 2 * mmap_threshold) == 1 and ok
     except (OSError, AttributeError):
         return False
+    _TAMED["done"] = _TAMED["done"] or ok
+    return ok
+
+
+def allocator_tamed() -> bool:
+    """Whether glibc's dynamic mmap threshold is off in this process: :func:`tame_allocator` was called, a
+    MALLOC_*_ tunable is set, or the C library is not glibc (estimates then add no allocator slack)."""
+    import platform
+
+    if _TAMED["done"] or any(name in os.environ for name in _GLIBC_ENV):
+        return True
+    return platform.system() != "Linux" or platform.libc_ver()[0] != "glibc"
