@@ -323,9 +323,11 @@ def estimate_for(
     longest: int,
     completion_tokens: int | None = None,
     device: str | None = None,
-) -> dict[str, int]:
+    allocator_slack: bool | None = None,
+) -> dict:
     """:func:`estimate_peak` for a loaded transformers model (a peft-wrapped one too) and a TrainConfig
-    (``lora``, ``lora_r``, ``gradient_checkpointing``); the device is the model's unless given."""
+    (``lora``, ``lora_r``, ``gradient_checkpointing``); the device is the model's unless given; the
+    allocator part is counted unless this process's allocator is tamed (or ``allocator_slack`` says)."""
     config = model.config
     text = getattr(config, "text_config", None) or config
     hidden = text.hidden_size
@@ -373,7 +375,7 @@ def estimate_for(
         lora=lora,
         device=device or str(first.device.type),
         attention=getattr(config, "_attn_implementation", None) or "sdpa",
-        allocator_slack=not allocator_tamed(),
+        allocator_slack=not allocator_tamed() if allocator_slack is None else allocator_slack,
     )
 
 
