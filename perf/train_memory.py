@@ -13,7 +13,7 @@
 
 Goal: peak <= 4 GiB at the defaults. Writes perf/results/train_memory-cpu.json.
 
-Usage: python perf/train_memory.py [--variant LABEL="--flag value ..."] [--limit-gib 12]
+Usage: python perf/train_memory.py [--variant LABEL="[NAME=VALUE ...] --flag value ..."] [--limit-gib 12]
 """
 
 from __future__ import annotations
@@ -83,14 +83,38 @@ def biggest_batch(lengths: list[tuple[int, int]], cfg) -> tuple[int, int, int]:
     return best
 
 
+def split_env(words: list[str]) -> tuple[dict, list[str]]:
+    """Leading NAME=VALUE words of a variant are its environment; the rest are flags."""
+    env = {}
+    while words and "=" in words[0] and not words[0].startswith("-"):
+        name, value = words[0].split("=", 1)
+        env[name], words = value, words[1:]
+    return env, words
+
+
 def estimate(base_model: str, extra: list[str], lengths) -> dict:
-    """The estimate of w4s.training.memory for this run's settings (the defaults plus ``extra``)."""
+    """The estimate of w4s.training.memory for this run's settings (the defaults plus ``extra``), as the
+    child computes it (with the child's environment: glibc tunables change the allocator part)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from w4s.training import memory
     from w4s.training.config import TrainConfig
 
+    env, extra = split_env(extra)
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        return _estimate(base_model, extra, lengths, memory, TrainConfig, torch, AutoModelForCausalLM)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _estimate(base_model, extra, lengths, memory, TrainConfig, torch, AutoModelForCausalLM) -> dict:
     cfg = TrainConfig()
     flags = dict(zip(extra[::2], extra[1::2], strict=False))
     for flag, value in flags.items():
@@ -104,7 +128,13 @@ def estimate(base_model: str, extra: list[str], lengths) -> dict:
     tokens, longest, completion = biggest_batch(lengths, cfg)
     bf16 = getattr(cfg, "bf16", "auto") == "true"
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16 if bf16 else torch.float32)
-    parts = memory.estimate_for(model, cfg, tokens, longest, completion_tokens=completion, device="cpu")
+    # w4s train tames glibc's allocator itself unless a MALLOC_* variable is set (then glibc's own
+    # tunables decide): the estimate is the one the child makes
+    env = {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")}
+    slack = bool(env) and not memory.allocator_tamed()
+    parts = memory.estimate_for(
+        model, cfg, tokens, longest, completion_tokens=completion, device="cpu", allocator_slack=slack
+    )
     inputs = parts.pop("inputs")
     return {
         "batch": {"tokens": tokens, "longest": longest, "completion_tokens": completion},
@@ -117,13 +147,14 @@ def train(trajectories: Path, base_model: str, out: Path, extra: list[str], limi
     """`w4s train` at the defaults (plus ``extra``) in a child process: peak RSS, wall time, outcome."""
     command = [sys.executable, "-m", "w4s.cli", "train", "--trajectories", str(trajectories)]
     command += ["--base-model", base_model, "--output", str(out), "--lora", "true", "--max-steps", "2"]
+    child_env, extra = split_env(extra)
     command += ["--no-tracking", "true", *extra]
     try:
         group = MemoryCgroup.create(limit)
     except Unavailable as exc:
         print(f"no memory cgroup ({exc}): running without a limit", file=sys.stderr)
         group = None
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **child_env}
     log = out.parent / f"{out.name}.log"
     started = time.perf_counter()
     with open(log, "w") as stream:
@@ -138,7 +169,7 @@ def train(trajectories: Path, base_model: str, out: Path, extra: list[str], limi
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
     result = {
-        "command": shlex.join(["w4s", *command[3:]]),
+        "command": shlex.join([*(f"{k}={v}" for k, v in child_env.items()), "w4s", *command[3:]]),
         "returncode": child.returncode,
         "peak_rss_gib": round(usage.ru_maxrss * 1024 / GIB, 3),
         "wall_s": round(seconds, 1),
