@@ -69,18 +69,38 @@ def open_client(uri: str):
     require("mlflow", "mlflow")
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:  # noqa: BLE001 - whatever the store raises, the run cannot be recorded
-        raise InfrastructureError(
-            f"the MLflow tracking store at {uri} does not answer ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); start it or fix MLFLOW_TRACKING_URI, "
-            "or pass --no-tracking"
-        ) from None
+    with _first_use_lock(uri):
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - whatever the store raises, the run cannot be recorded
+            raise InfrastructureError(
+                f"the MLflow tracking store at {uri} does not answer ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); start it or fix MLFLOW_TRACKING_URI, "
+                "or pass --no-tracking"
+            ) from None
     return client
+
+
+@contextlib.contextmanager
+def _first_use_lock(uri: str):
+    """For a SQLite store, hold an exclusive file lock beside the database while MLflow opens it: the
+    first open creates and migrates the schema, and processes doing that at once (the parallel tasks of
+    a local pipeline, the ranks of a training launch) break each other's migration and leave the
+    database unusable ("table _alembic_tmp_... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_store(uri: str, timeout: float = 10.0) -> None:
