@@ -894,7 +894,7 @@ def cmd_pipeline_runs(args) -> int:
 def cmd_pipeline_trainjob(args) -> int:
     import yaml
 
-    from w4s.training import trainjob
+    from w4s.pipelines import trainjob
     from w4s.training.config import TrainConfig
 
     cfg = _configs(args, train=(TrainConfig, ""))["train"]

@@ -1,5 +1,5 @@
-"""The multi-node training manifests (w4s.training.trainjob) against the operators' own CRD schemas,
-vendored in tests/training/crds/ (see its README): validated offline with jsonschema, strictly (an
+"""The multi-node training manifests (w4s.pipelines.trainjob) against the operators' own CRD schemas,
+vendored in tests/pipelines/crds/ (see its README): validated offline with jsonschema, strictly (an
 object whose schema lists its properties accepts no others, as `kubectl apply` with strict field
 validation refuses unknown fields)."""
 
@@ -17,7 +17,7 @@ jsonschema = pytest.importorskip("jsonschema")
 
 from w4s import cli  # noqa: E402
 from w4s.errors import ConfigError  # noqa: E402
-from w4s.training import trainjob  # noqa: E402
+from w4s.pipelines import trainjob  # noqa: E402
 from w4s.training.config import TrainConfig  # noqa: E402
 
 CRDS = Path(__file__).parent / "crds"

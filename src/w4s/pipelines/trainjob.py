@@ -7,7 +7,7 @@ hands them to ``accelerate launch`` through Kubernetes' own ``$(VAR)`` expansion
 between). The node-local ``output`` is mirrored to ``checkpoint_uri`` (S3) by the main process, and
 ``resume_if_possible`` makes a restarted job continue from the newest checkpoint there.
 
-Checked offline against the operators' CRD schemas in tests/training/test_trainjob.py.
+Checked offline against the operators' CRD schemas in tests/pipelines/test_trainjob.py.
 """
 
 from __future__ import annotations
