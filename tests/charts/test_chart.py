@@ -136,24 +136,29 @@ def _helm(helm: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, env=env)
 
 
+def _template(helm: str, values_file: Path) -> subprocess.CompletedProcess:
+    """`helm template` of the chart with one values file, for the cluster version we target."""
+    return _helm(
+        helm,
+        "template",
+        "w4s",
+        str(CHART),
+        "--kube-version",
+        K8S_VERSION,
+        "-n",
+        NAMESPACE,
+        "-f",
+        str(values_file),
+    )
+
+
 @pytest.fixture(scope="module")
 def rendered(helm: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """Every value set rendered once: name -> its documents."""
     tmp = tmp_path_factory.mktemp("values")
     out = {}
     for name, values in VALUE_SETS.items():
-        res = _helm(
-            helm,
-            "template",
-            "w4s",
-            str(CHART),
-            "--kube-version",
-            K8S_VERSION,
-            "-n",
-            NAMESPACE,
-            "-f",
-            str(_values_file(tmp, name, values)),
-        )
+        res = _template(helm, _values_file(tmp, name, values))
         assert res.returncode == 0, f"helm template failed for {name}:\n{res.stderr}"
         out[name] = [d for d in yaml.safe_load_all(res.stdout) if d]
     return out
@@ -423,18 +428,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("values", "message"), BAD_VALUES, ids=[m.split(":")[0] for _, m in BAD_VALUES])
 def test_schema_rejects_bad_values(helm: str, tmp_path: Path, values: dict, message: str):
-    res = _helm(
-        helm,
-        "template",
-        "w4s",
-        str(CHART),
-        "--kube-version",
-        K8S_VERSION,
-        "-n",
-        NAMESPACE,
-        "-f",
-        str(_values_file(tmp_path, "bad", values)),
-    )
+    res = _template(helm, _values_file(tmp_path, "bad", values))
     assert res.returncode != 0, f"helm template accepted bad values {values}"
     assert "values don't meet the specifications of the schema" in res.stderr, res.stderr
     assert message in res.stderr, f"expected {message!r} in:\n{res.stderr}"
