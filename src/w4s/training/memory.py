@@ -24,6 +24,7 @@ import resource
 from pathlib import Path
 
 from w4s.errors import ConfigError
+from w4s.training.config import LONG_EXAMPLE
 
 GIB = 1024**3
 MIB = 1024**2
@@ -306,13 +307,14 @@ def _get(cfg, name: str, default=None):
 
 
 def gradient_checkpointing_on(cfg, longest: int) -> bool:
-    """``gradient_checkpointing`` of a TrainConfig: "auto" is on when the longest example exceeds 512
-    tokens (a bool is taken as it is)."""
+    """``gradient_checkpointing`` of a TrainConfig: "auto" is on when the longest example exceeds
+    ``LONG_EXAMPLE`` (512) tokens (a bool is taken as it is). The one place "auto" is resolved: training
+    and the estimate agree."""
     value = _get(cfg, "gradient_checkpointing", "auto")
     if isinstance(value, bool):
         return value
     if str(value) == "auto":
-        return longest > 512
+        return longest > LONG_EXAMPLE
     return str(value) == "true"
 
 

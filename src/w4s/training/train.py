@@ -25,7 +25,7 @@ from w4s.callbacks import CallbackHandler, RunInfo
 from w4s.errors import ConfigError, InfrastructureError
 from w4s.extras import require
 from w4s.training.checkpoints import ADAPTER, CHECKPOINTS, MODEL, SUMMARY, S3Mirror, newest_checkpoint
-from w4s.training.config import LONG_EXAMPLE, TrainConfig
+from w4s.training.config import TrainConfig
 from w4s.training.dataset import IGNORE, build_examples, read_records, tokenize
 from w4s.training.result import TrainResult
 
@@ -114,10 +114,10 @@ def lora_config(cfg: TrainConfig):
 
 def settle(cfg: TrainConfig, rows: list[dict], attn: str) -> dict:
     """What the "auto" settings resolve to for these examples and this machine."""
+    from w4s.training.memory import gradient_checkpointing_on
+
     longest = max(len(r["input_ids"]) for r in rows)
-    checkpointing = cfg.gradient_checkpointing == "true" or (
-        cfg.gradient_checkpointing == "auto" and longest > LONG_EXAMPLE
-    )
+    checkpointing = gradient_checkpointing_on(cfg, longest)
     padding_free = cfg.padding_free == "true" or (cfg.padding_free == "auto" and attn == "flash_attention_2")
     return {"gradient_checkpointing": checkpointing, "padding_free": padding_free, "longest_example": longest}
 
@@ -318,7 +318,9 @@ def _check_memory(cfg: TrainConfig, model, rows: list[dict], settled: dict) -> N
     batches = token_batches(lengths, cfg.max_tokens_per_batch, cfg.batch_size, settled["padding_free"])
     heaviest = max(batches, key=lambda b: batch_cost([lengths[i] for i in b], settled["padding_free"]))
     completion = sum(sum(1 for t in rows[i]["labels"] if t != IGNORE) for i in heaviest)
-    device = "cuda" if _cuda() else "cpu"
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     estimate = memory.estimate_for(
         model,
         cfg,
@@ -328,12 +330,6 @@ def _check_memory(cfg: TrainConfig, model, rows: list[dict], settled: dict) -> N
         device=device,
     )
     memory.check_fits(estimate, memory.memory_limit(device), cfg)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _save(trainer, cfg: TrainConfig, out: Path, tokenizer, bf16: bool) -> None:
@@ -361,13 +357,13 @@ def _save(trainer, cfg: TrainConfig, out: Path, tokenizer, bf16: bool) -> None:
 
 def _peak_memory() -> int | None:
     """Peak memory of this process: the GPU's allocator peak with CUDA, else the peak resident set."""
-    import resource
-
     import torch
+
+    from w4s.training.memory import peak_rss_bytes
 
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return peak_rss_bytes()
 
 
 # Settings that do not change what is trained: a retry may differ in them and still be the same run.
