@@ -20,36 +20,17 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def aligned_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean NLL where ``logits[:, j]`` predicts ``targets[:, j]`` (IGNORE: no loss): [B]."""
-    mask = targets != IGNORE
-    token_nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), targets.clamp(min=0).reshape(-1), reduction="none"
-    ).view(targets.shape)
-    token_nll = token_nll * mask
-    return token_nll.sum(dim=1) / mask.sum(dim=1).clamp(min=1)
-
-
 def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean NLL of the labelled (completion) tokens of each sequence, from full-length logits: [B]."""
-    return aligned_nll(logits[:, :-1, :], labels[:, 1:])
-
-
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return (per_sequence_nll(logits, labels) * weights.to(logits.device, torch.float32)).mean()
+    """Mean NLL of the labelled (completion) tokens of each sequence, from full-length logits: [B]
+    (the reference-style trainer of perf/train_speed.py computes its loss with it)."""
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    return -completion_log_probs(logits[:, :-1, :], targets).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 def completion_positions(labels: torch.Tensor) -> torch.Tensor:
     """Sequence positions whose next token carries loss in any row (the only logits worth computing)."""
     return (labels[:, 1:] != IGNORE).any(dim=0).nonzero().squeeze(1)
-
-
-def weighted_loss_on_positions(
-    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, weights: torch.Tensor
-) -> torch.Tensor:
-    """Same loss as :func:`weighted_loss`, from logits computed only at ``positions``."""
-    targets = labels[:, positions + 1]
-    return (aligned_nll(logits, targets) * weights.to(logits.device, torch.float32)).mean()
 
 
 def sequence_ids(labels: torch.Tensor, position_ids: torch.Tensor | None, padding_free: bool) -> torch.Tensor:
