@@ -247,7 +247,7 @@ def main(
         weights={"min": min(e.weight for e in examples), "max": max(e.weight for e in examples)},
         rewards=sorted({e.reward for e in examples}),
         resumed_from=str(resume) if resume else None,
-        batches_per_epoch=len(trainer.batch_sampler()),
+        batches_per_epoch=len(trainer.batch_sampler),
         settings={**settled, "attn_implementation": attn, "bf16": bf16},
         peak_memory_bytes=_peak_memory(),
         lora=cfg.lora,

@@ -16,6 +16,8 @@ What w4s adds:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.utils.data import DataLoader
 from trl import SFTTrainer
@@ -64,7 +66,9 @@ class WeightedTrainer(SFTTrainer):
         if self._signature_columns is None:
             self._signature_columns = ["input_ids", "labels", WEIGHT]
 
+    @functools.cached_property
     def batch_sampler(self) -> TokenBudgetBatchSampler:
+        """The token-bounded batches of the training set (formed once: the summary reads their count)."""
         lengths = [len(ids) for ids in self.train_dataset["input_ids"]]
         return TokenBudgetBatchSampler(
             lengths,
@@ -78,7 +82,7 @@ class WeightedTrainer(SFTTrainer):
         dataset = self.train_dataset.select_columns(["input_ids", "labels", WEIGHT])
         loader = DataLoader(
             dataset,
-            batch_sampler=self.batch_sampler(),
+            batch_sampler=self.batch_sampler,
             collate_fn=self.data_collator,
             num_workers=self.args.dataloader_num_workers,
             pin_memory=self.args.dataloader_pin_memory,
