@@ -23,25 +23,37 @@ REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "peft", "trl", "accelerate", "gguf", "matplotlib")
 CORE_MODULES = ("w4s", "w4s.evaluation", "w4s.optimizer.loop", "w4s.sandbox", "w4s.llm.gateway", "w4s.cli")
 
-# Put in front of a subprocess's code: importing any of HEAVY (or a submodule) raises ImportError.
-BLOCKER = textwrap.dedent(
-    f"""
-    import sys
-
-    class _Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.partition(".")[0] in {HEAVY!r}:
-                raise ImportError(f"blocked for this test: {{name}}", name=name)
-            return None
-
-    sys.meta_path.insert(0, _Block())
-    """
-)
+# The extras' own modules, as a core install lacks them.
+EXTRA_MODULES = {
+    "mlflow": ("mlflow", "boto3"),
+    "kfp": ("kfp", "kfp_server_api"),
+    "serve": ("fastapi", "starlette", "uvicorn", "prometheus_client"),
+}
 
 
-def run_blocked(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def blocker(modules: tuple[str, ...]) -> str:
+    """Code to put in front of a subprocess's own: importing any of ``modules`` (or a submodule)
+    raises ImportError."""
+    return textwrap.dedent(
+        f"""
+        import sys
+
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] in {modules!r}:
+                    raise ImportError(f"blocked for this test: {{name}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, _Block())
+        """
+    )
+
+
+def run_blocked(
+    code: str, env: dict | None = None, blocked: tuple[str, ...] = HEAVY
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)],
+        [sys.executable, "-c", blocker(blocked) + textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -75,8 +87,12 @@ def test_core_modules_import_without_the_heavy_stacks():
         (["evaluate", "cot", "--task", "gsm8k", "--executor-model", "local:smollm2-135m"], "local"),
         (["models", "pull", "smollm2-135m", "--force"], "local"),
         (["train", "--trajectories", "t.jsonl", "--base-model", "m", "--output", "{tmp}/out"], "train"),
+        (["registry", "show", "--tracking-uri", "http://127.0.0.1:9"], "mlflow"),
+        (["pipeline", "compile", "rlao-training", "--out", "{tmp}/p.yaml"], "kfp"),
+        (["pipeline", "run", "workflow-optimization", "--local"], "kfp"),
+        (["serve"], "serve"),
     ],
-    ids=["local-model", "models-pull", "train"],
+    ids=["local-model", "models-pull", "train", "mlflow", "pipeline-compile", "pipeline-run", "serve"],
 )
 def test_a_missing_extra_is_one_line_naming_it(argv, extra, tmp_path, data_dir):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -86,6 +102,7 @@ def test_a_missing_extra_is_one_line_naming_it(argv, extra, tmp_path, data_dir):
         sys.exit(main({argv!r}))
         """,
         env={"W4S_CACHE_DIR": str(tmp_path / "cache"), "W4S_DATA_DIR": str(data_dir)},
+        blocked=(*HEAVY, *EXTRA_MODULES.get(extra, ())),
     )
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("w4s: error:")]

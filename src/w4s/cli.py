@@ -428,6 +428,9 @@ def cmd_registry_rollback(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from w4s.extras import require
+
+    require("serve", "uvicorn", "starlette", "prometheus_client")
     from w4s.llm.config import EndpointConfig
     from w4s.sandbox.config import SandboxConfig
     from w4s.serve.config import ServeConfig

@@ -49,11 +49,12 @@ def parse_params(name: str, pairs: Iterable[str]) -> dict:
 def compile_pipeline(name: str, out: str | os.PathLike) -> Path:
     """The pipeline's KFP IR YAML at ``out`` (the same bytes every time for the same w4s and
     settings: nothing time-dependent goes in)."""
+    function = pipeline(name)  # first: without the 'kfp' extra, one line naming it
     from kfp import compiler
 
     path = Path(out).expanduser().absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline(name), str(path))
+    compiler.Compiler().compile(function, str(path))
     log.debug("compiled %s to %s", name, path)
     return path
 
@@ -63,9 +64,9 @@ def run_local(name: str, arguments: dict, root: str | os.PathLike) -> dict:
     each task's outputs under ``root``; returns what ran and where things are."""
     import warnings
 
+    function = pipeline(name)  # first: without the 'kfp' extra, one line naming it
     import kfp.local
 
-    function = pipeline(name)
     folder = Path(root).expanduser().absolute()
     folder.mkdir(parents=True, exist_ok=True)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(folder))
