@@ -613,6 +613,52 @@ def test_samples_share_no_files_at_the_same_time_or_one_after_another(cfg):
             assert after == [(f"/scratch/{n}", t) for n, t in mine] + [(f"/tmp/{n}", t) for n, t in mine]
 
 
+IPC_PROBE = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+libc.mq_open.restype = ctypes.c_int
+KEY, CREATE, OPEN = 0x5734, 0o1000, 0o100  # IPC_CREAT; O_CREAT of mq_open
+def solver(agent, task):
+    if task == 'write':  # System V and POSIX IPC objects open to everyone, holding the task
+        made = []
+        shm = libc.shmget(KEY, 4096, 0o666 | CREATE)
+        if shm >= 0:
+            address = libc.shmat(shm, None, 0)
+            if address not in (None, ctypes.c_void_p(-1).value):
+                ctypes.memmove(address, b'secret', 7)
+                made.append('shm')
+        for name, made_it in (
+            ('msg', libc.msgget(KEY, 0o666 | CREATE)),
+            ('sem', libc.semget(KEY, 1, 0o666 | CREATE)),
+            ('mq', libc.mq_open(b'/w4s-note', 2 | OPEN, 0o666, None)),
+        ):
+            if made_it >= 0:
+                made.append(name)
+        time.sleep(0.6)  # while the sibling looks
+        return made
+    time.sleep(0.3)
+    seen = [name for name, found in (
+        ('shm', libc.shmget(KEY, 0, 0)),
+        ('msg', libc.msgget(KEY, 0)),
+        ('sem', libc.semget(KEY, 0, 0)),
+        ('mq', libc.mq_open(b'/w4s-note', 0)),
+    ) if found >= 0]
+    return seen
+"""
+
+
+def test_samples_share_no_ipc_objects(cfg):
+    """System V shared memory, message queues and semaphores, and POSIX message queues live in the
+    sandbox's IPC namespace, which all its jobs share: a job must not be able to make them, or the
+    next sample (or a concurrent one) reads what it left there, whatever uid it has."""
+    for warm in (0, 2):
+        cfg.warm_jobs = warm
+        written, concurrent, later = run(IPC_PROBE, ["write", "look", "look"], cfg, concurrency=2)
+        assert written.error is None and written.answer == [], written.answer
+        assert concurrent.answer == [] and later.answer == [], (concurrent.answer, later.answer)
+
+
 def test_a_forged_final_message_does_not_keep_the_job_alive(cfg):
     """The host takes a sample's answer as soon as it arrives; a job that forged one to keep running
     in the background is killed all the same, with what it started. The next sample checks."""

@@ -3,7 +3,8 @@
 It is a second line behind the namespaces, and the only network barrier where no network
 namespace can be made (an unprivileged Kubernetes pod): new sockets are refused outright
 (``socketpair`` stays allowed, and the channel to the host is inherited, never created), and the
-calls that reach across the process boundary or reconfigure the kernel are refused too.
+calls that reach across the process boundary (System V and POSIX IPC included: its objects are
+shared by every job of a sandbox) or reconfigure the kernel are refused too.
 """
 
 from __future__ import annotations
@@ -85,6 +86,26 @@ _ARCHES = {
             "fsmount": 432,
             "fspick": 433,
             "pidfd_getfd": 438,
+            # System V and POSIX IPC: objects in the sandbox's IPC namespace outlive a job and are
+            # shared by all its jobs, whatever their uid (one sample could leave data for the next).
+            "shmget": 29,
+            "shmat": 30,
+            "shmctl": 31,
+            "shmdt": 67,
+            "semget": 64,
+            "semop": 65,
+            "semctl": 66,
+            "semtimedop": 220,
+            "msgget": 68,
+            "msgsnd": 69,
+            "msgrcv": 70,
+            "msgctl": 71,
+            "mq_open": 240,
+            "mq_unlink": 241,
+            "mq_timedsend": 242,
+            "mq_timedreceive": 243,
+            "mq_notify": 244,
+            "mq_getsetattr": 245,
         },
     },
     "aarch64": {
@@ -132,6 +153,24 @@ _ARCHES = {
             "fsmount": 432,
             "fspick": 433,
             "pidfd_getfd": 438,
+            "mq_open": 180,
+            "mq_unlink": 181,
+            "mq_timedsend": 182,
+            "mq_timedreceive": 183,
+            "mq_notify": 184,
+            "mq_getsetattr": 185,
+            "msgget": 186,
+            "msgctl": 187,
+            "msgrcv": 188,
+            "msgsnd": 189,
+            "semget": 190,
+            "semctl": 191,
+            "semtimedop": 192,
+            "semop": 193,
+            "shmget": 194,
+            "shmctl": 195,
+            "shmat": 196,
+            "shmdt": 197,
         },
     },
 }
