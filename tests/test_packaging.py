@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import tomllib
 import venv
 from pathlib import Path
 
@@ -201,3 +203,15 @@ def test_core_install_evaluates_without_torch(tmp_path, venv_dir, data_dir, exec
     assert library.returncode == 0, library.stderr[-3000:]
     result = json.loads(library.stdout.strip().splitlines()[-1])
     assert result["score"] == 1.0 and len(result["samples"]) == 2
+
+
+def test_the_local_extra_brings_a_transformers_that_takes_dtype():
+    """w4s.llm.models.load passes ``dtype=`` to ``from_pretrained``, which transformers reads from 4.56
+    on (before, it was ``torch_dtype``, and ``dtype`` never set the weights' dtype): the 'local' extra
+    must not allow an older one."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in ("local", "train"):
+        (spec,) = [r for r in extras[extra] if re.match(r"transformers\b", r)]
+        floor = re.search(r">=\s*([0-9.]+)", spec)
+        assert floor, f"{extra}: {spec} has no lower bound"
+        assert tuple(int(p) for p in floor.group(1).split(".")[:2]) >= (4, 56), f"{extra}: {spec}"
