@@ -137,6 +137,11 @@ def test_load_task_and_workflow(data_dir, tmp_path):
     assert w4s.load_workflow(path).source.startswith("def solver")
     with pytest.raises(w4s.ConfigError, match="name the task to use a shipped example"):
         w4s.load_workflow("cot")
+    # Without a task, a shipped example by the name it is reported under (family/name).
+    assert w4s.load_workflow("math/cot") == w4s.load_workflow("cot", "gsm8k")
+    assert w4s.load_workflow("code/cot", task).name == "code/cot"
+    with pytest.raises(w4s.ConfigError, match="shipped math example"):
+        w4s.load_workflow("math/nope")
     with pytest.raises(w4s.ConfigError, match="unknown task 'gsm9k'"):
         w4s.load_task("gsm9k")
 

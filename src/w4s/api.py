@@ -74,7 +74,8 @@ def load_workflow(
     *,
     tracking: TrackingConfig | None = None,
 ) -> Workflow:
-    """A workflow file, the name of a shipped example for ``task``'s family (``cot``, ``pot``...),
+    """A workflow file, the name of a shipped example for ``task``'s family (``cot``, ``pot``...) or,
+    without a task, as ``family/name`` (``math/cot``: the name a shipped example is reported under),
     or a registered version, ``mlflow:w4s-workflow-<task>@champion`` (or ``@3``), from the registry
     of the store ``tracking`` names (its source checked against the sha256 registered with it)."""
     if isinstance(path_or_name, Workflow):
@@ -89,9 +90,17 @@ def load_workflow(
                 f"{reference} is a workflow for {registered}, not {expected}; pass --task {registered}"
             )
         return Workflow(f"{version.name}/{version.version}", source)
-    if task is None and not Path(reference).expanduser().is_file():
-        raise ConfigError(f"workflow {reference!r} is not a file; name the task to use a shipped example")
-    family = load_task(task).family if task is not None else workflows.FAMILIES[0]  # unused for a file
+    if task is not None:
+        family = load_task(task).family
+    elif Path(reference).expanduser().is_file():
+        family = workflows.FAMILIES[0]  # unused for a file
+    else:
+        family = reference.partition("/")[0]
+        if family not in workflows.FAMILIES:
+            raise ConfigError(
+                f"workflow {reference!r} is not a file; name the task to use a shipped example, "
+                f"or name it as family/name (e.g. math/cot; families: {', '.join(workflows.FAMILIES)})"
+            )
     name, source = workflows.resolve(reference, family)
     return Workflow(name, source)
 

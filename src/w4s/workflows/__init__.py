@@ -26,13 +26,15 @@ def examples(family: str) -> dict[str, str]:
 
 
 def resolve(reference: str, family: str) -> tuple[str, str]:
-    """(label, source) of a workflow given as a file path or as the name of a shipped example."""
+    """(label, source) of a workflow given as a file path or as the name of a shipped example of
+    ``family`` (``cot``, or ``family/cot`` as its label reads)."""
     path = Path(reference).expanduser()
     if path.is_file():
         return str(path), read_source(path)
     shipped = examples(family)
-    if reference in shipped:
-        return f"{family}/{reference}", shipped[reference]
+    name = reference.removeprefix(f"{family}/")
+    if name in shipped:
+        return f"{family}/{name}", shipped[name]
     raise ConfigError(
         f"workflow {reference!r} is neither a file nor a shipped {family} example ({', '.join(shipped)})"
     )
