@@ -295,6 +295,16 @@ def test_the_host_never_imports_what_the_sandbox_names(scorer, capfd):
     assert "Zen of Python" not in capfd.readouterr().out
 
 
+def test_results_built_to_collide_cannot_stall_the_trusted_test(scorer):
+    """A trusted test that puts a result in a set (MBPP: ``set(f(x)) == set(...)``) hashes what the
+    candidate chose on the host, holding the GIL: values that all hash alike took the host 10 s
+    for 40,000 of them (quadratic, past every timeout). Such a result is refused as it crosses."""
+    colliding = "def total(xs):\n    return [7 + i * ((1 << 61) - 1) for i in range(50_000)]\n"
+    test = "def check(candidate):\n    assert set(candidate([1])) == {1}\n"
+    result = scorer.check(CodeProblem(program=colliding, test=test, entry_point="total", id="c"))
+    assert not result.passed and result.error == "crashed" and result.seconds < 3.0, result
+
+
 SECRET_INPUT = [31337, 4242]
 LEAK_TEST = f"""
 def check(candidate):

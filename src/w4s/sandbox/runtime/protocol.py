@@ -228,9 +228,28 @@ def decode(data, opaque: bool = False, max_items: int = MAX_ITEMS):
     where ``opaque`` allows them).
 
     Linear-time and bounded, whatever the peer sent: at most ``max_items`` values, ``MAX_DEPTH``
-    levels, and no hashed container whose keys were built to collide.
+    levels, and no values built to collide, in a hashed container or anywhere else: the host's own
+    code may hash what crossed (a trusted test's ``set(candidate(x))``), so at most
+    ``MAX_SAME_HASH`` distinct ints, floats, complex numbers, tuples or frozensets of one message
+    share a hash value (strings and bytes hash with a per-process secret).
     """
     left = max_items
+    first: dict[int, object] = {}  # hash value -> the first value of this message that has it
+    others: dict[int, list] = {}  # hash value -> the other, distinct values that have it
+
+    def hashed(value):
+        try:
+            code = hash(value)
+        except TypeError:  # a tuple holding a list: it can be no key
+            return value
+        seen = first.setdefault(code, value)
+        if seen is not value and seen != value:
+            same = others.setdefault(code, [])
+            if value not in same:
+                if len(same) + 1 >= MAX_SAME_HASH:
+                    raise ProtocolError("values built to share one hash value; refused")
+                same.append(value)
+        return value
 
     def walk(node, depth: int):
         nonlocal left
@@ -240,8 +259,10 @@ def decode(data, opaque: bool = False, max_items: int = MAX_ITEMS):
         if depth > MAX_DEPTH:
             raise ProtocolError(f"value nests deeper than {MAX_DEPTH} levels")
         kind = type(node)
-        if node is None or kind in (bool, int, float, str):
+        if node is None or kind is bool or kind is str:
             return node
+        if kind is int or kind is float:
+            return hashed(node)
         if kind is list:
             return [walk(item, depth + 1) for item in node]
         if kind is not dict:
@@ -252,18 +273,18 @@ def decode(data, opaque: bool = False, max_items: int = MAX_ITEMS):
         payload = node.get("v")
         try:
             if tag == "int":
-                return int(payload, 16)
+                return hashed(int(payload, 16))
             if tag == "float":
                 return _decode_float(payload)
             if tag == "tuple":
-                return tuple([walk(item, depth + 1) for item in payload])
+                return hashed(tuple([walk(item, depth + 1) for item in payload]))
             if tag == "dict":
                 pairs = [(walk(k, depth + 1), walk(v, depth + 1)) for k, v in payload]
                 _distinct_hashes([k for k, _ in pairs], "dict key")
                 return dict(pairs)
             if tag in ("set", "frozenset"):
                 items = _distinct_hashes([walk(item, depth + 1) for item in payload], "set item")
-                return set(items) if tag == "set" else frozenset(items)
+                return set(items) if tag == "set" else hashed(frozenset(items))
             if tag == "bytes":
                 return bytes.fromhex(payload)
             if tag == "opaque" and opaque:
@@ -272,7 +293,7 @@ def decode(data, opaque: bool = False, max_items: int = MAX_ITEMS):
                 real, imag = (walk(part, depth + 1) for part in payload)
                 if type(real) not in (int, float) or type(imag) not in (int, float):
                     raise ProtocolError("bad complex tag")
-                return complex(real, imag)
+                return hashed(complex(real, imag))
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"bad {tag!r} value: {type(exc).__name__}") from None
         raise ProtocolError(f"unknown tag {str(tag)[:40]!r}")
