@@ -39,6 +39,25 @@ def test_degraded_isolation_is_refused_unless_allowed(monkeypatch, caplog):
     assert "SANDBOX DEGRADED: bwrap cannot create namespaces here" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"allow_degraded": "no"},
+        {"allow_degraded": "false", "isolation": "process"},
+        {"allow_degraded": 1},
+        {"seccomp": 0},
+    ],
+)
+def test_only_a_real_true_consents_to_a_degraded_sandbox(monkeypatch, fields):
+    """A config built in Python is not parsed from flags: ``allow_degraded="no"`` (a string, so
+    truthy) must not read as consent, nor a falsy non-bool ``seccomp`` turn the filter off quietly."""
+    from w4s.errors import ConfigError, SandboxUnavailable
+
+    monkeypatch.setattr(isolation, "_bwrap_probe", lambda: (False, "bwrap cannot create namespaces here", ()))
+    with pytest.raises((ConfigError, SandboxUnavailable)):
+        isolation.backend(SandboxConfig(**fields))
+
+
 def test_a_sandbox_that_starts_without_a_layer_is_refused_unless_allowed():
     from w4s.errors import SandboxUnavailable
     from w4s.sandbox.host import Sandbox

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from w4s.config import validate
 from w4s.errors import SandboxUnavailable
 from w4s.sandbox.config import SandboxConfig
 
@@ -191,7 +192,9 @@ DEGRADED_HINT = (
 
 def backend(cfg: SandboxConfig) -> str:
     """The backend this configuration gets on this machine. Anything less than bubblewrap is refused
-    unless ``cfg.allow_degraded``: a sandbox never falls back silently."""
+    unless ``cfg.allow_degraded``: a sandbox never falls back silently. A config made in Python is
+    validated first, so that only ``True`` consents (``allow_degraded="no"`` is a ConfigError)."""
+    validate(cfg)
     works, detail, _ = _bwrap_probe()
     if not cfg.seccomp and not cfg.allow_degraded:
         raise SandboxUnavailable(f"the seccomp filter was turned off (seccomp: false); {DEGRADED_HINT}")
