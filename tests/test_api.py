@@ -39,8 +39,14 @@ class Recorder(w4s.Callback):
     def on_turn_end(self, turn):
         self.events.append(("on_turn_end", turn))
 
+    def on_log(self, metrics):
+        self.events.append(("on_log", metrics))
+
     def on_run_end(self, result):
         self.events.append(("on_run_end", result))
+
+    def on_close(self):
+        self.events.append(("on_close", None))
 
     def kinds(self) -> list[str]:
         return [kind for kind, _ in self.events]
@@ -69,13 +75,14 @@ def test_evaluate_with_callbacks(executor_server, gsm8k):
     )
     assert isinstance(result, w4s.EvaluationResult) and result.complete and len(result.samples) == 6
     kinds = recorder.kinds()
-    assert kinds[:2] == ["on_run_start", "on_evaluation_start"] and kinds[-2:] == [
+    assert kinds[:2] == ["on_run_start", "on_evaluation_start"] and kinds[-3:] == [
         "on_evaluation_end",
         "on_run_end",
+        "on_close",
     ]
     progress = [value[1] for kind, value in recorder.events if kind == "on_sample_end"]
     assert [p.done for p in progress] == [1, 2, 3, 4, 5, 6] and progress[-1].total == 6
-    assert recorder.events[-1][1] is result
+    assert recorder.events[-2][1] is result
     # The result as JSON and back.
     again = w4s.EvaluationResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again.to_dict() == result.to_dict()
@@ -194,6 +201,7 @@ def test_the_script_of_docs_api_md(executor_server, data_dir, tmp_path):
 
     task = w4s.load_task("gsm8k", data_dir)
     result = w4s.evaluate("cot", task, w4s.EvaluationConfig(limit=4), endpoint)
+    optimizing, training = Recorder(), Recorder()
     run = w4s.optimize(
         task,
         w4s.OptimizeConfig(turns=1, candidates=3, validation_limit=4, test_limit=4),
@@ -201,12 +209,14 @@ def test_the_script_of_docs_api_md(executor_server, data_dir, tmp_path):
         meta=w4s.MetaAgentConfig(base_url=executor_server.url),
         executor=endpoint,
         sandbox=w4s.SandboxConfig(timeout_s=1.5),
+        callbacks=[optimizing],
     )
     trained = w4s.train(
         run.paths.trajectories,
         w4s.TrainConfig(
             base_model=str(tiny.save_base(tmp_path / "base")), output=str(tmp_path / "ckpt"), max_steps=2
         ),
+        callbacks=[training],
     )
 
     assert result.complete and len(result.samples) == 4
@@ -214,3 +224,17 @@ def test_the_script_of_docs_api_md(executor_server, data_dir, tmp_path):
     assert [c.reward for c in run.turns[0].candidates] == [1.0, 1.0, -0.1]
     assert w4s.OptimizeResult.load(tmp_path / "run") == run
     assert trained.steps == 2 and trained.examples == 3 and w4s.TrainResult.load(tmp_path / "ckpt") == trained
+
+    # The callbacks heard each stage in order: the run's start, its work, its result, the close.
+    kinds = optimizing.kinds()
+    assert kinds[0] == "on_run_start" and kinds[-2:] == ["on_run_end", "on_close"]
+    assert optimizing.events[0][1].kind == "optimize" and optimizing.events[-2][1] is run
+    assert kinds.count("on_evaluation_start") == kinds.count("on_evaluation_end") > 0
+    turn = kinds.index("on_turn_end")
+    assert kinds.count("on_turn_end") == 1 and kinds[:turn].count("on_candidate_end") == 3
+    assert optimizing.events[turn][1].turn == 1
+    kinds = training.kinds()
+    assert kinds[0] == "on_run_start" and kinds[-2:] == ["on_run_end", "on_close"]
+    assert training.events[0][1].kind == "train" and training.events[-2][1] is trained
+    steps = [metrics["step"] for kind, metrics in training.events if kind == "on_log"]
+    assert steps and steps == sorted(steps) and steps[-1] <= 2
