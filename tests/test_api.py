@@ -57,6 +57,11 @@ class Broken(w4s.Callback):
         raise RuntimeError("this callback is broken")
 
 
+class Exits(w4s.Callback):
+    def on_evaluation_start(self, info):
+        raise SystemExit("this callback calls sys.exit")
+
+
 @pytest.fixture
 def gsm8k(data_dir):
     return w4s.load_task("gsm8k", data_dir)
@@ -103,6 +108,27 @@ def test_a_failing_callback_is_reported_and_the_run_goes_on(executor_server, gsm
     assert recorder.kinds().count("on_sample_end") == 4  # the callback after the broken one heard all
     reports = [r for r in caplog.records if "Broken.on_sample_end failed" in r.getMessage()]
     assert len(reports) == 1 and "this callback is broken" in reports[0].getMessage()  # once, not per sample
+
+
+def test_a_callback_that_exits_is_reported_and_the_others_still_hear_every_event(
+    executor_server, gsm8k, caplog
+):
+    """SystemExit is no Exception: unchecked, it ended the delivery thread, and every later event
+    (MLflow's on_run_end among them) was silently lost for every callback."""
+    executor_server.script(rules=math_rules(gsm8k.load("validation")[:40]))
+    recorder = Recorder()
+    with caplog.at_level(logging.WARNING, logger="w4s.callbacks"):
+        result = w4s.evaluate(
+            "cot",
+            gsm8k,
+            w4s.EvaluationConfig(limit=2),
+            w4s.ExecutorConfig(base_url=executor_server.url, cache_path="off"),
+            callbacks=[Exits(), recorder],
+        )
+    assert result.complete
+    kinds = recorder.kinds()
+    assert kinds[-2:] == ["on_run_end", "on_close"] and kinds.count("on_sample_end") == 2
+    assert any("Exits.on_evaluation_start failed" in r.getMessage() for r in caplog.records)
 
 
 def test_two_evaluations_in_one_loop_keep_their_own_budgets(executor_server, gsm8k):

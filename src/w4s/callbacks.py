@@ -175,10 +175,12 @@ class CallbackHandler:
             for callback in self.callbacks:
                 try:
                     getattr(callback, event)(*args)
-                except Exception as exc:  # noqa: BLE001 - a callback never ends the run; it is reported
+                # BaseException too: a callback's sys.exit() would end this thread, and every later
+                # event would be lost for every callback (this thread is no place to stop the run from)
+                except BaseException as exc:  # noqa: BLE001 - a callback never ends the run; it is reported
                     self._report(callback, event, exc)
 
-    def _report(self, callback: Callback, event: str, exc: Exception) -> None:
+    def _report(self, callback: Callback, event: str, exc: BaseException) -> None:
         key = (type(callback).__qualname__, event)
         if key in self._reported:
             log.debug("callback %s.%s failed again: %s", *key, exc)
