@@ -305,6 +305,26 @@ def test_results_built_to_collide_cannot_stall_the_trusted_test(scorer):
     assert not result.passed and result.error == "crashed" and result.seconds < 3.0, result
 
 
+TOLERANT_TEST = """
+def check(candidate):
+    for xs in ([1, 2], [3], []):
+        try:
+            got = candidate(xs)
+        except Exception:  # inputs the function may refuse
+            continue
+        assert got == sum(xs)
+"""
+
+
+@pytest.mark.parametrize("body", ["import os\nos._exit(0)", "import time\ntime.sleep(60)"])
+def test_a_candidate_that_died_never_passes_a_test_that_tolerates_errors(scorer, body):
+    """A trusted test may catch what a call raises; a candidate that crashed or ran out of time
+    then makes every call raise, and check() returns: that is no pass."""
+    result = score(scorer, body, test=TOLERANT_TEST)
+    assert not result.passed and result.error in ("crashed", "timeout"), result
+    assert score(scorer, "return sum(xs)", test=TOLERANT_TEST).passed
+
+
 SECRET_INPUT = [31337, 4242]
 LEAK_TEST = f"""
 def check(candidate):

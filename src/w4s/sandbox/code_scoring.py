@@ -6,7 +6,8 @@ while the tests run here, on the host, against a proxy. Arguments and results cr
 (:mod:`w4s.sandbox.runtime.protocol`), which defeats every trick that works on an in-process
 harness: an always-equal object cannot cross, the candidate cannot see the caller's frame or the
 expected values, ``sys.exit``/``os._exit``/self-kill only break the channel, printed markers and
-exit statuses mean nothing. A pass is counted only when the test function itself returns here.
+exit statuses mean nothing. A pass is counted only when the test function itself returns here
+with the candidate still alive (a test that catches what a call raises cannot pass a dead one).
 
 Only the entry point, and names the reference solution shows the program is expected to provide,
 cross into the test's namespace, and never over a name the test or the builtins resolve: a
@@ -182,6 +183,11 @@ class _Candidate:
             self.close()
             raise CandidateError(self._dead) from None
 
+    @property
+    def dead(self) -> str | None:
+        """``crashed`` or ``timeout`` once the candidate's process can answer no more calls."""
+        return self._dead
+
     def proxy(self, name: str):
         def candidate(*args, **kwargs):
             return self.call(name, args, kwargs)
@@ -305,6 +311,8 @@ class CodeScorer:
                 return score(str(exc))
             except Exception:  # noqa: BLE001 - an assertion or any other failure of the test run
                 return score(FAILED)
+            if candidate.dead is not None:  # the test caught what its calls raised: still no pass
+                return score(candidate.dead)
             if time.monotonic() - started > timeout_s:
                 return score(TIMEOUT)
             return score(None)
