@@ -1,5 +1,12 @@
+import ast
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+
 import pytest
 
+import w4s
 from w4s import config
 from w4s.errors import ConfigError
 from w4s.sandbox.config import SandboxConfig
@@ -41,3 +48,27 @@ def test_missing_and_malformed_yaml(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         config.load(SandboxConfig, bad)
+
+
+def test_every_config_round_trips_with_its_schema_version():
+    """``to_dict`` writes ``version`` for the schema: a field of that name would overwrite it, and
+    ``from_dict`` would read the field's value as the schema version (PromotionConfig had one)."""
+    root = Path(w4s.__file__).parent
+    for path in root.rglob("*.py"):  # every module that declares a Config, found in its source
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(
+            isinstance(node, ast.ClassDef) and any(getattr(b, "id", None) == "Config" for b in node.bases)
+            for node in tree.body
+        ):
+            importlib.import_module(".".join(("w4s", *path.relative_to(root).with_suffix("").parts)))
+    configs = set()
+    pending = [config.Config]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            pending.append(sub)
+            configs.add(sub)
+    assert {"EvaluationConfig", "PromotionConfig", "TrackingConfig"} <= {c.__name__ for c in configs}
+    for cls in configs:
+        assert "version" not in {f.name for f in dataclasses.fields(cls)}, cls.__name__
+        data = json.loads(json.dumps(cls().to_dict()))
+        assert data["version"] == cls.VERSION and cls.from_dict(data) == cls(), cls.__name__

@@ -53,7 +53,10 @@ EXECUTOR = "w4s.promotion.executor"
 
 @dataclass
 class PromotionConfig(Config):
-    version: str | None = option(None, "the version to promote (default: the one aliased challenger)")
+    # not ``version``: to_dict() writes the schema's version under that key
+    model_version: str | None = option(
+        None, "the version to promote (default: the one aliased challenger)", flag="version"
+    )
     margin: float = option(
         0.0,
         "promote only when the lower confidence bound of the gain exceeds this (a negative margin "
@@ -100,7 +103,7 @@ async def apromote(
     data_dir: str | os.PathLike | None = None,
     tracking: TrackingConfig | None = None,
 ) -> Decision:
-    """Decide whether ``model``'s challenger (or ``config.version``) becomes champion, and move the
+    """Decide whether ``model``'s challenger (or ``config.model_version``) becomes champion, and move the
     alias when it does. ``executor``: the endpoint for evaluations that must be made now (its model is
     always the one the challenger was scored with); ``data_dir``: the benchmark files."""
     config = config or PromotionConfig()
@@ -108,7 +111,7 @@ async def apromote(
     registry = api.registry_of(tracking)
     name = reg.parse_reference(model).name
     champion = registry.champion(name)
-    if config.version is None and reg.CHALLENGER not in registry.aliases(name):
+    if config.model_version is None and reg.CHALLENGER not in registry.aliases(name):
         held = "none" if champion is None else f"version {champion.version}"
         return Decision(
             name,
@@ -121,7 +124,9 @@ async def apromote(
             config.margin,
         )
     challenger = registry.version(
-        reg.Reference(name, version=config.version) if config.version else reg.Reference(name, reg.CHALLENGER)
+        reg.Reference(name, version=config.model_version)
+        if config.model_version
+        else reg.Reference(name, reg.CHALLENGER)
     )
     version = str(challenger.version)
     if champion is not None and str(champion.version) == version:

@@ -209,13 +209,13 @@ def test_promote_twice_rollback_and_the_evidence_in_show(mlflow_embedded, tmp_pa
     assert promote("w4s-workflow-drop").changed
     third = register(registry, "drop", scores(180), "def solver(agent, task):\n    return 'v3'\n")
     rejected = register(registry, "drop", scores(181), "def solver(agent, task):\n    return 'v3b'\n")
-    decision = promote("w4s-workflow-drop", PromotionConfig(version=str(third.version)))
+    decision = promote("w4s-workflow-drop", PromotionConfig(model_version=str(third.version)))
     assert decision.changed and registry.champion("w4s-workflow-drop").version == third.version
 
-    assert not promote("w4s-workflow-drop", PromotionConfig(version=str(rejected.version))).promoted
+    assert not promote("w4s-workflow-drop", PromotionConfig(model_version=str(rejected.version))).promoted
     evidence = registry.version(f"w4s-workflow-drop@{rejected.version}").tags
     assert evidence["w4s.promotion.decision"] == "rejected" and evidence["w4s.promotion.decided_at"]
-    again = promote("w4s-workflow-drop", PromotionConfig(version=str(rejected.version)))
+    again = promote("w4s-workflow-drop", PromotionConfig(model_version=str(rejected.version)))
     assert not again.changed and registry.version(f"w4s-workflow-drop@{rejected.version}").tags == evidence
 
     env = {"W4S_HOME": str(mlflow_embedded.home)}
@@ -264,7 +264,7 @@ def test_two_promoters_racing_move_the_alias_once(mlflow_server):
     def run(version):
         results[version] = promote(
             f"w4s-workflow-{task}",
-            PromotionConfig(version=str(version)),
+            PromotionConfig(model_version=str(version)),
             tracking=TrackingConfig(tracking_uri=mlflow_server.url),
         )
 
