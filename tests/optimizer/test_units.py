@@ -91,3 +91,53 @@ def test_store_survives_a_partial_last_line_and_refuses_duplicates(tmp_path):
     with pytest.raises(ValueError, match="lacks reward"):
         reopened.append({k: v for k, v in record(2, 0).items() if k != "reward"})
     assert len(TrajectoryStore(path)) == 3
+
+
+def scored(turn, candidate, score=0.5, selected=False):
+    return {
+        **record(turn, candidate),
+        "workflow": "def solver(agent, task): ...",
+        "valid_score": score,
+        "selected": selected,
+    }
+
+
+@pytest.mark.parametrize(
+    ("edit", "damaged_text"),
+    [
+        (lambda r: r | {"valid_score": float("nan")}, "NaN"),
+        (lambda r: r | {"valid_score": float("inf")}, "Infinity"),
+        (lambda r: r | {"valid_score": 7.5}, "7.5"),
+        (lambda r: r | {"valid_score": "0.5"}, '"0.5"'),
+        (lambda r: r | {"reward": "x"}, '"x"'),
+        (lambda r: r | {"reward": float("-inf")}, "-Infinity"),
+        (lambda r: r | {"reward": None}, '"reward": null'),
+        (lambda r: r | {"workflow": 5}, '"workflow": 5'),
+        (lambda r: r | {"workflow": None}, '"workflow": null'),  # a score without its workflow
+        (lambda r: r | {"selected": "yes"}, '"yes"'),
+        (lambda r: r | {"reply": ["r"]}, '["r"]'),
+        (lambda r: r | {"error": 3}, '"error": 3'),
+        (lambda r: r | {"usage": []}, '"usage": []'),
+        (lambda r: r | {"candidate": 3, "selected": True}, '"candidate": 3'),  # a second selection
+    ],
+)
+def test_store_sets_aside_valid_json_that_is_not_a_record(tmp_path, edit, damaged_text):
+    """An edit that leaves valid JSON (a NaN score, a string reward, a second selection in a turn)
+    is damage too: resuming, the report (best workflow) and training would trust it."""
+    from w4s.optimizer.trajectory import DamagedStore
+
+    path = tmp_path / "t.jsonl"
+    good = [scored(1, 0, 0.25), scored(1, 1, 1.0, selected=True), scored(1, 2, 0.0)]
+    lines = [json.dumps(r) for r in good]
+    lines.insert(2, json.dumps(edit(scored(1, 2, 0.5) | {"candidate": 4})))  # line 3
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DamagedStore, match=r"1 damaged line\(s\) \(3\)"):
+        TrajectoryStore(path)
+    aside = [json.loads(line) for line in (tmp_path / "t.jsonl.damaged").read_text().splitlines()]
+    assert [a["line"] for a in aside] == [3] and damaged_text in aside[0]["text"]
+    reopened = TrajectoryStore(path)
+    assert [(r["candidate"], r["valid_score"], r["selected"]) for r in reopened] == [
+        (0, 0.25, False),
+        (1, 1.0, True),
+        (2, 0.0, False),
+    ]

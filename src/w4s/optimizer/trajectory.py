@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +58,21 @@ def _parse(line: bytes) -> dict | None:
         type(record[field]) is int and record[field] >= 0 for field in ("episode", "turn", "candidate")
     ):
         return None
+    # What the optimizer writes, and what resuming, the report and training read: an edit that
+    # leaves valid JSON (a NaN or out-of-range score, a string reward) is damage as well.
+    score, reward = record["valid_score"], record["reward"]
+    if not (
+        isinstance(record["reply"], str)
+        and (record["workflow"] is None) == (score is None)
+        and (record["workflow"] is None or isinstance(record["workflow"], str))
+        and (score is None or (type(score) in (int, float) and 0 <= score <= 1))
+        and type(reward) in (int, float)
+        and math.isfinite(reward)
+        and type(record["selected"]) is bool
+        and (record["error"] is None or isinstance(record["error"], str))
+        and isinstance(record["usage"], dict)
+    ):
+        return None
     return record
 
 
@@ -89,7 +105,11 @@ class TrajectoryStore:
             if not line.strip():
                 continue
             record = _parse(line)
-            if record is None or record_key(record) in self._keys:
+            if (
+                record is None
+                or record_key(record) in self._keys
+                or (record["selected"] and self.selected(record["episode"], record["turn"]) is not None)
+            ):  # not a record, a second copy of one, or a second selection in its turn
                 damaged.append((number, line))
                 continue
             self.records.append(record)
