@@ -58,3 +58,22 @@ def test_one_config_file_per_command_with_a_section_per_configuration(tmp_path, 
     config.write_text("sandbox:\n  memory_mb: 5\n")
     done = w4s("sandbox", "doctor", "--config", str(config), env={**os.environ})
     assert done.returncode == 2 and "memory_mb=5 is invalid" in done.stderr
+
+
+def test_a_json_output_that_fails_at_the_end_is_one_line(tmp_path, monkeypatch):
+    """--json is checked writable before the work; a disk that fills up meanwhile (ENOSPC) is still one
+    line (exit 2), not a traceback."""
+    import errno
+    from pathlib import Path
+
+    import pytest
+
+    from w4s import cli
+    from w4s.errors import ConfigError
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(ConfigError, match=r"cannot write --json .*out\.json \(No space left on device\)"):
+        cli._write_json(str(tmp_path / "out.json"), {"score": 1.0})

@@ -94,8 +94,13 @@ def _writable(path: str | None, flag: str, folder: bool = False) -> None:
 def _write_json(path: str | None, payload) -> None:
     if path:
         target = Path(path).expanduser().resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(payload, indent=2) + "\n")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(payload, indent=2) + "\n")
+        except OSError as exc:  # checked writable at the start; the disk filled up since, or it went away
+            raise ConfigError(
+                f"cannot write --json {target} ({exc.strerror or exc}); it was not saved"
+            ) from None
         log.info("wrote %s", target)
 
 
