@@ -23,6 +23,9 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 }
 
 
+MAX_PRICE = 1_000_000.0  # USD per 1M tokens: a dollar a token
+
+
 class PriceTable:
     def __init__(self, prices: dict[str, tuple[float, float]] | None = None):
         self.prices = dict(DEFAULT_PRICES if prices is None else prices)
@@ -37,10 +40,11 @@ class PriceTable:
             raise ConfigError(f"price table {path} does not exist")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
-            prices = {str(m): (float(p["input"]), float(p["output"])) for m, p in raw.items()}
+            prices = {str(m): (_price(p["input"]), _price(p["output"])) for m, p in raw.items()}
         except (yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError):
             raise ConfigError(
-                f"price table {path} must map model names to {{input: USD per 1M tokens, output: USD per 1M}}"
+                f"price table {path} must map model names to {{input: USD per 1M tokens, output: USD per 1M}}, "
+                f"each a number from 0 to {MAX_PRICE:g}"
             ) from None
         merged = dict(DEFAULT_PRICES)
         merged.update(prices)
@@ -67,6 +71,14 @@ class PriceTable:
                 _warn_unpriced(model)
         self._found[model] = price
         return price
+
+
+def _price(value) -> float:
+    """A price from a table: a number of USD per 1M tokens, 0 to ``MAX_PRICE``. A negative one would
+    refund a dollar budget, a NaN or infinite one make it never (or always) hold."""
+    if type(value) not in (int, float) or not 0 <= value <= MAX_PRICE:  # NaN fails this too
+        raise ValueError(f"price {value!r}")
+    return float(value)
 
 
 @functools.cache
