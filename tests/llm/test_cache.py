@@ -90,3 +90,47 @@ def test_cli_corrupt_cache_is_one_line(executor_server, data_dir, tmp_path):
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith(f"w4s: error: the response cache {path} is corrupt or not a w4s cache")
     assert executor_server.stats()["requests"] == 0
+
+
+def _damage_pages(path, start: int = 8192) -> None:
+    """Flip bytes in every page past the first two: the header and schema still read."""
+    data = bytearray(path.read_bytes())
+    for offset in range(start, len(data), 97):
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_damage_past_the_header_turns_the_cache_off_with_a_warning(tmp_path, caplog):
+    """Found by the first lookup, not by the opening check: the run goes on without the cache (the
+    gateway sends every request) instead of a traceback (meta-agent) or every sample failing with a
+    DatabaseError reported to the workflow (executor)."""
+    path = tmp_path / "cache.sqlite"
+    cache = ResponseCache(path)
+    for i in range(300):
+        cache.put(f"k{i}", 0, ["reply " * 200], 1, 1)
+    cache.close()
+    _damage_pages(path)
+    damaged = ResponseCache(path)  # the header and schema are intact
+    with caplog.at_level("WARNING", logger="w4s.llm.cache"):
+        assert damaged.get("k7", 1) == {} and damaged.get("k250", 1) == {}
+        damaged.put("new", 0, ["x"], 1, 1)  # no raise either
+    warnings = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "continuing without it" in warnings[0]
+    damaged.close()
+
+
+def test_rows_that_are_not_replies_are_misses(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    cache = ResponseCache(path)
+    cache.put("good", 0, ["a", "b"], 1, 1)
+    cache.close()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO responses VALUES ('neg', -1, 'x', 0, 0)")
+        db.execute("INSERT INTO responses VALUES ('null', 0, NULL, 0, 0)")
+        db.execute("INSERT INTO responses VALUES ('blob', 0, X'00ff', 0, 0)")
+    db.close()
+    cache = ResponseCache(path)
+    # a negative index once made a request of n=1 look answered, and the gateway raised KeyError
+    assert cache.get("neg", 1) == {} and cache.get("null", 1) == {}
+    assert cache.get("blob", 1) == {} and cache.get("good", 2) == {0: "a", 1: "b"}
+    cache.close()

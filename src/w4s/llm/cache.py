@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 from w4s.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def request_key(identity: str, revision: str | None, messages: list[dict], params: dict) -> str:
@@ -33,6 +36,7 @@ class ResponseCache:
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser().absolute()
         self._lock = threading.Lock()
+        self._damaged = False  # a read or write found the file damaged: the cache is off
         instead = "pass --executor-cache-path (or --meta-cache-path) off, or another path"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,11 +71,19 @@ class ResponseCache:
             ) from None
 
     def get(self, key: str, count: int) -> dict[int, str]:
+        """The cached choices 0..count-1 of ``key`` (rows a damaged or edited file holds in their place,
+        such as a NULL text or a negative index, are misses)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT idx, text FROM responses WHERE key = ? AND idx < ?", (key, count)
-            ).fetchall()
-        return {idx: text for idx, text in rows}
+            if self._damaged:
+                return {}
+            try:
+                rows = self._db.execute(
+                    "SELECT idx, text FROM responses WHERE key = ? AND idx >= 0 AND idx < ?", (key, count)
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                self._give_up(exc)
+                return {}
+        return {idx: text for idx, text in rows if type(idx) is int and type(text) is str}
 
     def put(
         self, key: str, first_index: int, texts: list[str], prompt_tokens: int, completion_tokens: int
@@ -80,7 +92,23 @@ class ResponseCache:
             (key, first_index + i, text, prompt_tokens, completion_tokens) for i, text in enumerate(texts)
         ]
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", rows)
+            if self._damaged:
+                return
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", rows)
+            except sqlite3.DatabaseError as exc:
+                self._give_up(exc)
+
+    def _give_up(self, exc: sqlite3.DatabaseError) -> None:
+        """Damage found past the header (a page the opening check did not read): the cache only saves
+        calls, so the run goes on without it (every request is sent), and says so once."""
+        self._damaged = True
+        log.warning(
+            "the response cache %s is damaged (%s): continuing without it; delete it (it only holds cached "
+            "replies)",
+            self.path,
+            exc,
+        )
 
     def close(self) -> None:
         with self._lock:
