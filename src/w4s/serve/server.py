@@ -56,6 +56,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def event_loop_factory():
+    """uvloop's event loop where it is installed (the ``serve`` extra brings it, with httptools for
+    uvicorn's HTTP parsing), else asyncio's own. The server's one loop also drives every sandbox's
+    channels and the executor's connections: see docs/performance.md for what the two save."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def serve(
     serve_cfg: ServeConfig,
     executor: EndpointConfig | None = None,
@@ -92,7 +103,8 @@ def serve(
     )
     server = uvicorn.Server(config)
     log.info("listening on http://%s:%d (OpenAI base URL http://%s:%d/v1)", host, port, host, port)
-    asyncio.run(server.serve(sockets=[sock]))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(server.serve(sockets=[sock]))
     if fatal:
         if isinstance(fatal[0], ConfigError | InfrastructureError):
             raise fatal[0]
