@@ -3,20 +3,25 @@
 The executor is the scripted OpenAI-compatible server with a fixed latency (200 ms); the served
 workflow makes one executor call per request. ``--clients`` concurrent clients (64) send ``--requests``
 chat completions (2,000) through one keep-alive connection each, after ``--warmup`` requests (2 per
-client) sent by the same clients on the same connections and not measured. Reported: throughput,
+client) sent by the same clients on the same connections and not measured. The first of those is
+every client at once; then the clients fall out of step, as independent users are: client k waits
+k/clients of ``--stagger-ms`` (default: the executor's latency) once, so that their requests spread
+over one executor round trip instead of arriving together in every round. Reported: throughput,
 p50/p99 of the request latency and of its overhead over the executor's latency (the nominal one, and
 the p99 the same load gets from the executor directly on this machine), failed requests, the overhead
 of the warm-up's first wave (every client at once on a new connection: a burst, reported apart), and
 the CPU time per measured request of the server process, its sandboxes (zygotes and jobs), the
-executor and the load generator, with how busy that kept the machine's CPUs.
+executor and the load generator, with how busy that kept the machine's CPUs; and, apart, the same
+load with the clients kept in step (``lockstep``: every round of 64 requests one burst, whose last
+request waits for the CPU of the 63 before it).
 Goal: p99 overhead <= 50 ms, no failed request.
 
 With ``--kill-one``, a second run of the same load SIGKILLs one sandbox job of the server from outside
 once that run is under way (a child of a sandbox zygote, found among the server's own descendants),
 and reports how many requests failed: the goal is that only that one request is lost.
 
-Usage: python perf/serve_load.py [--requests 2000] [--clients 64] [--latency-ms 200] [--warmup N] [--kill-one]
-                                [--json PATH]
+Usage: python perf/serve_load.py [--requests 2000] [--clients 64] [--latency-ms 200] [--warmup N]
+                                [--stagger-ms MS] [--kill-one] [--json PATH]
 """
 
 from __future__ import annotations
@@ -95,12 +100,20 @@ class Run:
 
 
 async def load(
-    base: str, requests: int, clients: int, model: str = "w4s/gsm8k", warmup: int = 0, cpu_of=None
+    base: str,
+    requests: int,
+    clients: int,
+    model: str = "w4s/gsm8k",
+    warmup: int = 0,
+    cpu_of=None,
+    stagger_s: float = 0.0,
 ) -> Run:
     """``clients`` keep-alive clients take requests from one queue: the first ``warmup`` are not
     measured (the first ``clients`` of them, sent at once on fresh connections, are kept apart as the
-    first wave), the next ``requests`` are. ``cpu_of()``: CPU seconds per process group, read when the
-    measured requests start and end."""
+    first wave), the next ``requests`` are. After its first-wave request, client ``k`` waits
+    ``k / clients * stagger_s`` once, so that the clients' requests spread over that time instead of
+    staying in one burst (0: they stay synchronized). ``cpu_of()``: CPU seconds per process group,
+    read when the measured requests start and end."""
     run = Run()
     queue = iter(range(warmup + requests))
     marks: dict[str, float] = {}
@@ -111,10 +124,12 @@ async def load(
             marks["start"] = time.perf_counter()
             cpu_start.update(cpu_of() if cpu_of else {})
 
-    async def client() -> None:
+    async def client(k: int) -> None:
         connector = aiohttp.TCPConnector(limit=1)
         async with aiohttp.ClientSession(base_url=base, connector=connector) as http:
-            for i in queue:
+            for sent, i in enumerate(queue):
+                if sent == 1 and stagger_s:
+                    await asyncio.sleep(k / clients * stagger_s)
                 if i == warmup:
                     mark_start()
                 body = {"model": model, "messages": [{"role": "user", "content": f"question {i}"}]}
@@ -136,7 +151,7 @@ async def load(
 
     if warmup == 0:
         mark_start()
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(*(client(k) for k in range(clients)))
     run.wall = time.perf_counter() - marks["start"]
     if cpu_of:
         run.cpu = {k: v - cpu_start.get(k, 0.0) for k, v in cpu_of().items()}
@@ -226,28 +241,41 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=int, help="requests sent first and not measured (default: 2 per client)"
     )
+    parser.add_argument(
+        "--stagger-ms",
+        type=float,
+        help="after the first wave, client k waits k/clients of this once, spreading the clients' requests "
+        "over it (default: the executor latency; 0: every client stays in step, one burst per round)",
+    )
     parser.add_argument("--kill-one", action="store_true", help="also a run with one sandbox job killed")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     executor = ScriptedServer({"latency_ms": args.latency_ms, "default": "The answer is 4."})
     warmup = args.warmup if args.warmup is not None else 2 * args.clients
+    stagger = (args.latency_ms if args.stagger_ms is None else args.stagger_ms) / 1000
     with tempfile.TemporaryDirectory(prefix="w4s-serve-load-") as tmp:
         workflow = Path(tmp) / "one_call.py"
         workflow.write_text(WORKFLOW)
         proc, base = start_server(executor.url, workflow, args.clients, Path(tmp) / "serve.log")
         try:
             # The executor alone, the same load straight at it: its latency as this machine delivers it.
-            direct = asyncio.run(load(executor.base, args.requests, args.clients, "executor", warmup))
+            direct = asyncio.run(
+                load(executor.base, args.requests, args.clients, "executor", warmup, stagger_s=stagger)
+            )
             run = asyncio.run(
-                load(base, args.requests, args.clients, warmup=warmup,
+                load(base, args.requests, args.clients, warmup=warmup, stagger_s=stagger,
                      cpu_of=lambda: cpu_by_part(proc.pid, executor.proc.pid))
             )  # fmt: skip
+            # The same load with every client in step (each round of requests one burst): reported apart.
+            lockstep = None
+            if stagger:
+                lockstep = asyncio.run(load(base, args.requests, args.clients, warmup=warmup))
             killed = None
             if args.kill_one:
 
                 async def killed_run():
                     return await asyncio.gather(
-                        load(base, args.requests, args.clients, warmup=warmup),
+                        load(base, args.requests, args.clients, warmup=warmup, stagger_s=stagger),
                         kill_one_job(proc.pid, after_s=2.0),
                     )
 
@@ -270,6 +298,7 @@ def main() -> None:
         "requests": args.requests,
         "clients": args.clients,
         "warmup_requests": warmup,
+        "stagger_ms": round(1000 * stagger, 1),
         "executor_latency_ms": args.latency_ms,
         "failed": run.failed,
         "wall_s": round(run.wall, 3),
@@ -289,6 +318,14 @@ def main() -> None:
         # The warm-up's first requests: every client at once, each on a new connection (not measured).
         "first_wave_overhead_p50_ms": round(1000 * percentile(first_wave, 0.5), 1) if first_wave else None,
         "first_wave_overhead_max_ms": round(1000 * max(first_wave), 1) if first_wave else None,
+        "lockstep": None
+        if lockstep is None
+        else {
+            "failed": lockstep.failed,
+            "overhead_p50_ms": round(1000 * percentile([x - floor for x in lockstep.latencies], 0.5), 1),
+            "overhead_p99_ms": round(1000 * percentile([x - floor for x in lockstep.latencies], 0.99), 1),
+            "overhead_max_ms": round(1000 * (max(lockstep.latencies) - floor), 1),
+        },
         "cpu_ms_per_request": {part: round(1000 * value / served, 2) for part, value in run.cpu.items()},
         "cpu_busy_fraction": round(sum(run.cpu.values()) / run.wall / (os.cpu_count() or 1), 2),
         "goal_met": run.failed == 0 and percentile(overhead, 0.99) <= 0.050,
