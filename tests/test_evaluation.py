@@ -206,6 +206,25 @@ def test_budget_exhaustion_stops_with_partial_results_marked(
     assert executor_server.stats()["requests"] == 4
 
 
+def test_a_dollar_budget_over_a_model_without_a_price_is_refused(executor_server, tmp_path, data_dir):
+    """Calls to a model with no known price count as $0: a dollar budget over it would never stop
+    them, so it is refused before any call; with a price table it holds."""
+    executor_server.script(default="The answer is 4.")
+    args = ["evaluate", "cot", "--task", "gsm8k", "--limit", "3", "--data-dir", str(data_dir)]
+    more = ["--executor-model", "my-vllm-model", "--budget-usd", "0.001", "--executor-cache-path", "off"]
+    done = w4s(*args, *evaluate_args(executor_server, tmp_path, *more))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("w4s: error: a dollar budget ($0.001) cannot hold")
+    assert "'my-vllm-model'" in done.stderr and "--executor-prices-path" in done.stderr
+    assert executor_server.stats()["requests"] == 0
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("my-vllm-model: {input: 1000, output: 1000}\n")
+    done = w4s(*args, *evaluate_args(executor_server, tmp_path, *more, "--executor-prices-path", str(prices)))
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["budget_exhausted"] and result["samples_run"] < 3
+
+
 def test_bad_arguments_give_one_clear_line(tmp_path, data_dir):
     cases = [
         (

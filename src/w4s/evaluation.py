@@ -20,6 +20,7 @@ from w4s.config import Config, check_version, option, positive
 from w4s.errors import ConfigError
 from w4s.llm.gateway import CALL_LOG, CallRecord, Gateway
 from w4s.llm.limits import Budget, Usage
+from w4s.llm.pricing import require_prices
 from w4s.sandbox.code_scoring import CodeScorer
 from w4s.sandbox.config import SandboxConfig
 from w4s.sandbox.runner import RunnerFactory, SampleResult
@@ -256,6 +257,7 @@ async def evaluate(
     sandbox = sandbox or SandboxConfig()
     callbacks = callbacks or CallbackHandler()
     chosen = samples if samples is not None else select(task.load(cfg.split, data_dir), cfg.limit, cfg.seed)
+    require_prices(cfg.budget_usd, executor=gateway)
     budget = Budget(cfg.budget_calls, cfg.budget_tokens, cfg.budget_usd)
     trace_rate = callbacks.trace_rate
     started = time.perf_counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from w4s.errors import ConfigError
-from w4s.llm.pricing import PriceTable
+from w4s.llm.pricing import PriceTable, require_prices
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,20 @@ def test_good_prices_load_and_cost(tmp_path):
     assert prices.cost("my-model", 1_000_000, 2_000_000) == pytest.approx(6.0)
     assert prices.cost("free", 10**6, 10**6) == 0.0
     assert prices.cost("gpt-4o-mini", 10**6, 0) == pytest.approx(0.15)  # the defaults stay
+
+
+class _Endpoint:
+    def __init__(self, model: str, prices: PriceTable):
+        self.model = model
+        self.prices = prices
+
+
+def test_a_dollar_budget_needs_a_price_for_every_model_it_pays_for():
+    prices = PriceTable()
+    priced, local, unknown = (_Endpoint(m, prices) for m in ("gpt-4o-mini", "local:smollm2-135m", "my-model"))
+    require_prices(None, executor=unknown)  # no dollar budget: nothing to hold
+    require_prices(1.0, executor=priced, meta=local)  # a local model costs nothing
+    with pytest.raises(
+        ConfigError, match=r"no price is known for the meta model 'my-model'.*--meta-prices-path"
+    ):
+        require_prices(1.0, executor=priced, meta=unknown)

@@ -50,6 +50,10 @@ class PriceTable:
         merged.update(prices)
         return cls(merged)
 
+    def priced(self, model: str) -> bool:
+        """Whether ``model``'s cost is known: a local model costs nothing; any other needs a price."""
+        return model.startswith("local:") or self._price(model) is not None
+
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         price = self._price(model)
         if price is None:
@@ -79,6 +83,21 @@ def _price(value) -> float:
     if type(value) not in (int, float) or not 0 <= value <= MAX_PRICE:  # NaN fails this too
         raise ValueError(f"price {value!r}")
     return float(value)
+
+
+def require_prices(budget_usd: float | None, **gateways) -> None:
+    """A dollar budget holds only if every model it pays for has a price: refused in one line when
+    one has none (its calls would count as $0 and the budget would never stop them). ``gateways``
+    are named for their flags' prefix: ``executor=``, ``meta=``."""
+    if budget_usd is None:
+        return
+    for name, gateway in gateways.items():
+        if not gateway.prices.priced(gateway.model):
+            raise ConfigError(
+                f"a dollar budget (${budget_usd:g}) cannot hold: no price is known for the {name} model "
+                f"{gateway.model!r}, so its calls would count as $0; give its price in a price table "
+                f"(--{name}-prices-path), or budget calls or tokens instead"
+            )
 
 
 @functools.cache

@@ -33,6 +33,7 @@ from w4s.evaluation import EvaluationConfig, EvaluationResult, evaluate, select
 from w4s.feedback import build_feedback
 from w4s.llm.gateway import Gateway
 from w4s.llm.limits import Budget
+from w4s.llm.pricing import require_prices
 from w4s.optimizer import prompts
 from w4s.optimizer.extraction import extract_workflow, static_check
 from w4s.optimizer.report import can_plot, turn_records, write_report
@@ -425,6 +426,7 @@ class Optimizer:
     # --- the run -----------------------------------------------------------------------------------
     async def run(self) -> OptimizeResult:
         """Run (or resume) the episode; returns its result (also written as report.json)."""
+        require_prices(self.cfg.budget_usd, executor=self.executor, meta=self.meta)
         baselines: dict[str, dict] = {}
         saver = asyncio.create_task(self._save_spend_every_second())
         try:
