@@ -659,6 +659,43 @@ def test_samples_share_no_ipc_objects(cfg):
         assert concurrent.answer == [] and later.answer == [], (concurrent.answer, later.answer)
 
 
+def test_jobs_cannot_signal_each_other_through_the_files_they_share(cfg):
+    """Every job, and every code answer's job (which sees hidden test inputs), can read the same
+    system files: a lock taken on one, or a watch that sees another job open it, would be a channel
+    between jobs running at the same time. Locks, leases and watches are refused; reading is not."""
+    result = contained(
+        """
+        import fcntl, struct
+        refused = []
+        path = sys.executable
+        with open(path, 'rb') as handle:
+            for name, attempt in (
+                ('flock', lambda: fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)),
+                ('lockf', lambda: fcntl.lockf(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)),
+                ('ofd', lambda: fcntl.fcntl(handle, 37, struct.pack('hhqqi', fcntl.F_RDLCK, 0, 0, 0, 0))),
+                ('lease', lambda: fcntl.fcntl(handle, 1024, fcntl.F_RDLCK)),
+            ):
+                try:
+                    attempt()
+                except PermissionError:
+                    refused.append(name)
+            handle.read(16)  # reading stays allowed
+        folder = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            fcntl.fcntl(folder, 1026, 0x1)  # F_NOTIFY, DN_ACCESS
+        except PermissionError:
+            refused.append('dnotify')
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.inotify_init1(0) == -1 and ctypes.get_errno() == 1:
+            refused.append('inotify')
+        return refused
+    """,
+        cfg,
+    )
+    assert result.error is None, result.error
+    assert result.answer == ["flock", "lockf", "ofd", "lease", "dnotify", "inotify"]
+
+
 def test_a_forged_final_message_does_not_keep_the_job_alive(cfg):
     """The host takes a sample's answer as soon as it arrives; a job that forged one to keep running
     in the background is killed all the same, with what it started. The next sample checks."""
