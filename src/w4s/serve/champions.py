@@ -127,6 +127,7 @@ class Champions:
         self.slots: dict[str, Slot] = {}
         self.listed: set[str] = {MODEL_PREFIX + task for task in explicit}
         self.polled = registry_uri is None  # the registry's list is known (after a first poll)
+        self.refused: dict[str, str] = {}  # task -> the champion version whose source does not load
         self._registry = None
         self._task: asyncio.Task | None = None
 
@@ -165,7 +166,10 @@ class Champions:
     async def _poll_forever(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
-            await self.poll()
+            try:
+                await self.poll()
+            except Exception:  # a poll that fails must not end the polling (logged with its traceback)
+                log.exception("polling the registry failed; trying again in %g s", self.poll_s)
 
     async def poll(self) -> None:
         """Load every champion that is new or moved; drop those whose champion alias is gone."""
@@ -186,16 +190,41 @@ class Champions:
             current = self.slots.get(model)
             if task in self.explicit or (current is not None and current.version == version):
                 continue
-            try:
-                name, source = await asyncio.to_thread(self._source, task, version)
-                await self._install(Slot(task, name, version, source, self.host, self.sandbox))
-            except (ConfigError, InfrastructureError) as exc:
-                log.error("cannot load %s version %s: %s", WORKFLOW_PREFIX + task, version, exc)
+            if self.refused.get(task) == version:  # its source does not load: not tried again
+                continue
+            await self._load_champion(task, version, current)
         for model in set(self.slots) - listed:
             log.info("%s has no champion any more: no longer served", model)
             await self.slots.pop(model).retire()
         self.listed = listed
         self.polled = True
+
+    async def _load_champion(self, task: str, version: str, current: Slot | None) -> None:
+        """Load and swap in ``version`` of ``task``'s champion; one that cannot be served (its stored
+        source changed since it was registered, a store that fails, a source that does not load) is
+        refused, logged, and the version served before it, if any, stays served."""
+        where = f"{WORKFLOW_PREFIX}{task} version {version}"
+        slot = None
+        try:
+            name, source = await asyncio.to_thread(self._source, task, version)
+            slot = Slot(task, name, version, source, self.host, self.sandbox)
+            await slot.start()
+        except Exception as exc:  # noqa: BLE001 - one champion must not stop the others, nor the polls
+            if slot is not None:
+                await slot.box.close()
+            message = str(exc).splitlines()[0][:300] if str(exc) else ""
+            if isinstance(exc, ConfigError | InfrastructureError):
+                log.error("cannot load %s: %s%s", where, message, _still(current))
+            else:
+                log.error("cannot load %s: %s: %s%s", where, type(exc).__name__, message, _still(current))
+            return
+        if slot.box.load_error is not None:  # logged by Slot.start
+            await slot.box.close()
+            self.refused[task] = version
+            log.error("cannot load %s: its source does not load%s", where, _still(current))
+            return
+        self.refused.pop(task, None)
+        await self._install(slot)
 
     def _champions(self) -> dict[str, str]:
         if self._registry is None:
@@ -214,8 +243,8 @@ class Champions:
         return f"{found.name}/{found.version}", source
 
     async def _install(self, slot: Slot) -> None:
-        """Start ``slot``'s sandbox, then swap it in; the one it replaces retires."""
-        await slot.start()
+        """Start ``slot``'s sandbox (if not started yet), then swap it in; the one it replaces retires."""
+        await slot.start()  # a no-op for a started one
         old = self.slots.get(slot.model)
         self.slots[slot.model] = slot
         log.info(
@@ -224,3 +253,7 @@ class Champions:
         self.on_load(slot)
         if old is not None:
             await old.retire()
+
+
+def _still(current: Slot | None) -> str:
+    return "" if current is None else f"; still serving {current.label}"
