@@ -24,6 +24,16 @@ K8S_VERSION = "1.30.0"  # the oldest Kubernetes the chart supports (Chart.yaml k
 NAMESPACE = "w4s"
 SETUP_HINT = "run scripts/setup.sh (or scripts/install_helm.sh) to install helm and checkov into .venv/bin"
 DIGEST = "sha256:" + "0123456789abcdef" * 4
+KFP_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}},
+    "podSelector": {"matchLabels": {"app": "ml-pipeline"}},
+}
+VLLM_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "llm"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "vllm"}},
+}
+INGRESS_NGINX = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+PROMETHEUS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 
 # Several value sets the chart must render cleanly: the defaults, everything on, gVisor, existing secrets.
 VALUE_SETS: dict[str, dict] = {
@@ -40,6 +50,7 @@ VALUE_SETS: dict[str, dict] = {
         },
         "sandbox": {
             "hostUsers": False,
+            "procMount": "Unmasked",
             "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/w4s-userns.json"},
             "doctor": {"strict": True},
         },
@@ -54,10 +65,13 @@ VALUE_SETS: dict[str, dict] = {
         "networkPolicy": {
             "enabled": True,
             "executor": {"cidrs": ["203.0.113.10/32", "198.51.100.0/24"]},
-            "kfp": {"cidrs": ["10.96.0.0/12"]},
+            # in-cluster KFP: by pod selector (a Service's ClusterIP range in cidrs matches nothing)
+            "kfp": {"peers": [KFP_PEER], "ports": [8888]},
             "mlflowIngressFrom": [
                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}}
             ],
+            "ingressFrom": [INGRESS_NGINX],
+            "metricsFrom": [PROMETHEUS],
         },
         "mlflow": {
             "server": {
@@ -92,6 +106,11 @@ VALUE_SETS: dict[str, dict] = {
         },
         "mlflow": {"trackingUri": "https://mlflow.example.com"},
     },
+    "in-cluster-executor": {
+        "executor": {"baseUrl": "http://vllm.llm.svc:8000/v1", "model": "Qwen/Qwen2.5-7B-Instruct"},
+        "serve": {"replicaCount": 1},
+        "networkPolicy": {"enabled": True, "executor": {"peers": [VLLM_PEER], "ports": [8000]}},
+    },
     "existing-secrets": {
         "apiKeys": {"existingSecret": "team-executor-keys", "executorApiKeyKey": "openai"},
         "clientKeys": {"existingSecret": "team-client-keys", "secretKey": "keys"},
@@ -100,7 +119,7 @@ VALUE_SETS: dict[str, dict] = {
             "enabled": True,
             "executor": {"cidrs": ["203.0.113.10/32"]},
             "mlflow": {"cidrs": ["192.0.2.0/28"]},
-            "kfp": {"cidrs": ["10.96.0.0/12"]},
+            "kfp": {"cidrs": ["198.51.100.20/32"]},
         },
         "kfp": {"host": "https://kfp.example.com", "auth": {"mode": "secret", "existingSecret": "kfp-token"}},
         "schedule": {
@@ -251,6 +270,9 @@ def test_defaults_serve_pod_is_hardened(rendered: dict[str, list[dict]]):
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == ["Deployment", "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"]
     assert not _find(docs, "Job") and not _find(docs, "CronJob"), "retraining is off by default"
+    assert "procMount" not in serve["securityContext"]
+    # a PDB that never blocks a node drain, whatever the replica count
+    assert _one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
 
 
 def test_everything_on(rendered: dict[str, list[dict]]):
@@ -263,6 +285,9 @@ def test_everything_on(rendered: dict[str, list[dict]]):
     }
     (serve,) = pod["containers"]
     assert serve["image"] == f"ghcr.io/w4s-project/w4s-cpu@{DIGEST}"
+    # bubblewrap's fresh /proc per job needs an unmasked /proc (inside the pod's own user namespace)
+    assert serve["securityContext"]["procMount"] == "Unmasked"
+    assert pod["initContainers"][0]["securityContext"]["procMount"] == "Unmasked"
     args = serve["args"]
     assert args[args.index("--max-concurrency") + 1] == "8"
     assert args[args.index("--request-timeout-s") + 1] == "120"
@@ -283,15 +308,35 @@ def test_everything_on(rendered: dict[str, list[dict]]):
     assert egress[0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
     assert [p["ipBlock"]["cidr"] for p in egress[1]["to"]] == ["203.0.113.10/32", "198.51.100.0/24"]
     assert egress[2]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
+    assert egress[2]["ports"] == [{"port": 5000, "protocol": "TCP"}], (
+        "the MLflow pods' port, not the Service's"
+    )
     assert len(egress) == 3
+    # callers come through the ingress controller; Prometheus may still scrape /metrics
+    ingress = policy["spec"]["ingress"]
+    assert [rule["from"] for rule in ingress] == [[INGRESS_NGINX], [PROMETHEUS]]
+    assert all(rule["ports"] == [{"port": "http", "protocol": "TCP"}] for rule in ingress)
+    # the schedule job reaches the in-cluster KFP API by pod selector
+    job_policy = next(d for d in _find(docs, "NetworkPolicy") if d["metadata"]["name"] == "w4s-schedule")
+    assert job_policy["spec"]["egress"][1] == {"to": [KFP_PEER], "ports": [{"port": 8888, "protocol": "TCP"}]}
 
     # bundled MLflow on PostgreSQL and S3
     mlflow = _one(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
-    assert (
-        "postgresql://$(MLFLOW_DB_USER):$(MLFLOW_DB_PASSWORD)@postgres.db.svc:5432/mlflow?sslmode=require"
-        in mlflow["args"]
-    )
     assert mlflow["args"][mlflow["args"].index("--artifacts-destination") + 1] == "s3://mlflow/w4s"
+    # the database password reaches `mlflow server` through its env var, never its argv
+    assert not any("MLFLOW_DB_PASSWORD" in a or "postgresql://" in a for a in mlflow["args"])
+    mlflow_env = {e["name"]: e for e in mlflow["env"]}
+    assert (
+        mlflow_env["MLFLOW_BACKEND_STORE_URI"]["value"]
+        == "postgresql://$(MLFLOW_DB_USER):$(MLFLOW_DB_PASSWORD)@postgres.db.svc:5432/mlflow?sslmode=require"
+    )
+    names = [e["name"] for e in mlflow["env"]]
+    assert names.index("MLFLOW_DB_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI"), (
+        "$(VAR) needs VAR first"
+    )
+    # serve's Host header (the Service name with its port) passes MLflow's host check
+    allowed = mlflow_env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    assert {"w4s-mlflow.w4s.svc:*", "w4s-mlflow:*", "10.*"} <= set(allowed)
     _one(docs, "Service", "mlflow")
 
     # retraining: a post-install/upgrade hook that runs `w4s pipeline schedule`
@@ -323,6 +368,26 @@ def test_gvisor(rendered: dict[str, list[dict]]):
     assert pod["initContainers"][0]["args"] == ["sandbox", "doctor"], "no --strict when degraded is allowed"
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["MLFLOW_TRACKING_URI"]["value"] == "https://mlflow.example.com"
+
+
+def test_in_cluster_executor(rendered: dict[str, list[dict]]):
+    docs = rendered["in-cluster-executor"]
+    policy = _one(docs, "NetworkPolicy")
+    executor = policy["spec"]["egress"][1]
+    assert executor == {"to": [VLLM_PEER], "ports": [{"port": 8000, "protocol": "TCP"}]}
+    assert "from" not in policy["spec"]["ingress"][0], "no ingressFrom: any peer may call serve"
+    # one replica: the PDB still lets a node drain evict it
+    assert _one(docs, "Deployment", "serve")["spec"]["replicas"] == 1
+    assert _one(docs, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": "w4s",
+                "app.kubernetes.io/instance": "w4s",
+                "app.kubernetes.io/component": "serve",
+            }
+        },
+    }
 
 
 def test_existing_secrets(rendered: dict[str, list[dict]]):
@@ -395,10 +460,18 @@ def test_checkov_no_unexplained_failures(rendered: dict[str, list[dict]], tmp_pa
     assert summary["passed"] > 100 and summary["parsing_errors"] == 0, summary
 
 
+BUNDLED_MLFLOW = {
+    "enabled": True,
+    "postgresql": {"host": "postgres.db.svc", "existingSecret": "mlflow-db"},
+    "s3": {"artifactsDestination": "s3://mlflow/w4s"},
+}
 BAD_VALUES = [
     ({"serve": {"port": "http"}}, "serve.port: Invalid type"),
     ({"serve": {"replicas": 3}}, "Additional property replicas is not allowed"),
     ({"schedule": {"cron": "0 3 * * 1"}}, "schedule.cron: Does not match pattern"),
+    ({"schedule": {"cron": "run at three am on mondays"}}, "schedule.cron: Does not match pattern"),
+    ({"schedule": {"cron": "0 0 25 * * 1"}}, "schedule.cron: Does not match pattern"),
+    ({"schedule": {"cron": "0 0 3 * * 7"}}, "schedule.cron: Does not match pattern"),
     ({"schedule": {"pipeline": "nightly"}}, "schedule.pipeline"),
     ({"schedule": {"enabled": True}}, "kfp.host: String length must be greater than or equal to 1"),
     ({"sandbox": {"seccompProfile": {"type": "Localhost"}}}, "sandbox.seccompProfile.localhostProfile"),
@@ -408,6 +481,58 @@ BAD_VALUES = [
         {"networkPolicy": {"executor": {"cidrs": ["10.0.0.1"]}}},
         "networkPolicy.executor.cidrs.0: Does not match pattern",
     ),
+    (
+        {"networkPolicy": {"executor": {"cidrs": ["999.0.0.1/40"]}}},
+        "networkPolicy.executor.cidrs.0: Does not match pattern",
+    ),
+    (
+        {"networkPolicy": {"executor": {"peers": [{"podSelctor": {}}]}}},
+        "Additional property podSelctor is not allowed",
+    ),
+    (
+        {
+            "kfp": {"host": "http://ml-pipeline.kubeflow.svc:8888"},
+            "schedule": {"enabled": True},
+            "networkPolicy": {"enabled": True, "executor": {"cidrs": ["203.0.113.10/32"]}},
+        },
+        "networkPolicy.kfp.cidrs: Array must have at least 1 items",
+    ),
+    ({"ingress": {"enabled": True, "hosts": []}}, "ingress.hosts: Array must have at least 1 items"),
+    (
+        {
+            "ingress": {
+                "hosts": [
+                    {"host": "https://w4s.example.com/", "paths": [{"path": "/", "pathType": "Prefix"}]}
+                ]
+            }
+        },
+        "ingress.hosts.0.host: Does not match pattern",
+    ),
+    (
+        {"mlflow": {"trackingUri": "https://mlflow.example.com", "server": BUNDLED_MLFLOW}},
+        'mlflow.trackingUri: mlflow.trackingUri does not match: ""',
+    ),
+    (
+        {"mlflow": {"existingSecret": "w4s-mlflow", "server": BUNDLED_MLFLOW}},
+        'mlflow.existingSecret: mlflow.existingSecret does not match: ""',
+    ),
+    (
+        {"serve": {"securityContext": {"readOnlyRootFilesystem": False}}},
+        "serve.securityContext.readOnlyRootFilesystem",
+    ),
+    (
+        {"serve": {"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}},
+        "serve.securityContext.capabilities.add",
+    ),
+    (
+        {"serve": {"securityContext": {"readOnlyRootFS": True}}},
+        "Additional property readOnlyRootFS is not allowed",
+    ),
+    (
+        {"serve": {"podSecurityContext": {"runAsNonroot": True}}},
+        "Additional property runAsNonroot is not allowed",
+    ),
+    ({"sandbox": {"procMount": "Unmasked"}}, "sandbox.hostUsers"),
     (
         {"apiKeys": {"existingSecret": ""}},
         "apiKeys.executorApiKey: String length must be greater than or equal to 1",
@@ -420,7 +545,11 @@ BAD_VALUES = [
     ),
     (
         {"podDisruptionBudget": {"minAvailable": "", "maxUnavailable": ""}},
-        "podDisruptionBudget: Must not validate",
+        "podDisruptionBudget: Must validate one and only one schema",
+    ),
+    (
+        {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
+        "podDisruptionBudget: Must validate one and only one schema",
     ),
     ({"serve": {"securityContext": {"runAsNonRoot": False}}}, "serve.securityContext.runAsNonRoot"),
 ]
@@ -431,6 +560,53 @@ def test_schema_rejects_bad_values(helm: str, tmp_path: Path, values: dict, mess
     res = _template(helm, _values_file(tmp_path, "bad", values))
     assert res.returncode != 0, f"helm template accepted bad values {values}"
     assert "values don't meet the specifications of the schema" in res.stderr, res.stderr
+    assert message in res.stderr, f"expected {message!r} in:\n{res.stderr}"
+
+
+# Values the schema cannot judge alone (they compare two values); the templates refuse them by name.
+REFUSED_BY_TEMPLATES = [
+    (
+        {"serve": {"replicaCount": 1}, "podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": ""}},
+        "podDisruptionBudget.minAvailable 1 with 1 replica(s) would block every node drain",
+    ),
+    (
+        {
+            "autoscaling": {"enabled": True, "minReplicas": 2},
+            "podDisruptionBudget": {"minAvailable": 2, "maxUnavailable": ""},
+        },
+        "podDisruptionBudget.minAvailable 2 with 2 replica(s) would block every node drain",
+    ),
+    (
+        {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}},
+        "autoscaling.minReplicas 5 is above autoscaling.maxReplicas 3",
+    ),
+    (
+        {
+            "executor": {"baseUrl": "http://203.0.113.10:8000/v1"},
+            "networkPolicy": {"enabled": True, "executor": {"cidrs": ["203.0.113.10/32"]}},
+        },
+        "executor.baseUrl http://203.0.113.10:8000/v1 is on port 8000, which networkPolicy.executor.ports (443) does not open",
+    ),
+    (
+        {
+            "mlflow": {"trackingUri": "http://192.0.2.5"},
+            "networkPolicy": {
+                "enabled": True,
+                "executor": {"cidrs": ["203.0.113.10/32"]},
+                "mlflow": {"cidrs": ["192.0.2.0/28"]},
+            },
+        },
+        "mlflow.trackingUri http://192.0.2.5 is on port 80, which networkPolicy.mlflow.ports (443, 5000) does not open",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"), REFUSED_BY_TEMPLATES, ids=[m.split(" ")[0] for _, m in REFUSED_BY_TEMPLATES]
+)
+def test_templates_refuse_inconsistent_values(helm: str, tmp_path: Path, values: dict, message: str):
+    res = _template(helm, _values_file(tmp_path, "bad", values))
+    assert res.returncode != 0, f"helm template accepted {values}"
     assert message in res.stderr, f"expected {message!r} in:\n{res.stderr}"
 
 

@@ -125,3 +125,38 @@ app.kubernetes.io/component: schedule
   value: {{ include "w4s.mlflowTrackingUri" . | quote }}
 {{- end }}
 {{- end }}
+
+{{/* The serve and sandbox-doctor containers' securityContext: serve.securityContext, plus procMount
+Unmasked when sandbox.procMount asks for it (bubblewrap mounts a fresh /proc per job). */}}
+{{- define "w4s.serveSecurityContext" -}}
+{{ toYaml .Values.serve.securityContext }}
+{{- if eq .Values.sandbox.procMount "Unmasked" }}
+procMount: Unmasked
+{{- end }}
+{{- end }}
+
+{{/* Fails unless the port of .url (explicit, else 443 for https and 80 for http) is in .ports: a
+NetworkPolicy that opens 443 to an executor on :8000 would cut serve off without a word. */}}
+{{- define "w4s.checkUrlPort" -}}
+{{- $u := urlParse .url }}
+{{- $hostport := splitList ":" $u.host }}
+{{- $port := ternary (last $hostport) (ternary "443" "80" (eq $u.scheme "https")) (gt (len $hostport) 1) }}
+{{- $open := list }}
+{{- range .ports }}{{ $open = append $open (toString (int .)) }}{{ end }}
+{{- if not (has $port $open) }}
+{{- fail (printf "w4s: %s %s is on port %s, which %s (%s) does not open" .what .url $port .key (join ", " $open)) }}
+{{- end }}
+{{- end }}
+
+{{/* Host headers the bundled MLflow server accepts: its Service's names (with and without a port),
+localhost, private addresses (kubelet probes use the pod IP) and mlflow.server.allowedHosts. */}}
+{{- define "w4s.mlflowAllowedHosts" -}}
+{{- $svc := include "w4s.mlflowFullname" . }}
+{{- $hosts := list }}
+{{- range (list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) "localhost" "127.0.0.1") }}
+{{- $hosts = append $hosts . }}
+{{- $hosts = append $hosts (printf "%s:*" .) }}
+{{- end }}
+{{- $hosts = concat $hosts (list "10.*" "172.*" "192.168.*" "fd*") .Values.mlflow.server.allowedHosts }}
+{{- join "," $hosts }}
+{{- end }}
