@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import hmac
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -57,8 +59,8 @@ def read_api_keys(path: str | None) -> list[bytes]:
     """The client keys of ``path`` (one per line; blank lines and ``#`` comments skipped)."""
     if path is None:
         return []
-    try:
-        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    try:  # utf-8-sig: a key file saved with a byte-order mark still matches its first key
+        lines = Path(path).expanduser().read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"cannot read the API keys file {path} ({type(exc).__name__}); pass a readable file"
@@ -67,6 +69,56 @@ def read_api_keys(path: str | None) -> list[bytes]:
     if not keys:
         raise ConfigError(f"the API keys file {path} holds no key; write one key per line")
     return keys
+
+
+class ApiKeys:
+    """The client keys of ``--api-keys-file``, re-read when the file changes (a rotated Kubernetes
+    secret, a revoked key) at most once every ``check_s`` seconds. A file that becomes unreadable or
+    empty keeps the keys read before (said in the log): it must not open the server to every client."""
+
+    def __init__(self, path: str | None, check_s: float = 1.0):
+        self.path = path
+        self.check_s = check_s
+        self._digests = [_digest(key) for key in read_api_keys(path)]
+        self._stamp = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple | None:
+        try:
+            found = os.stat(Path(self.path).expanduser())
+        except OSError:
+            return None
+        return found.st_ino, found.st_dev, found.st_mtime_ns, found.st_size
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.check_s:
+            return
+        self._checked = now
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            keys = read_api_keys(self.path)
+        except ConfigError as exc:
+            log.error("%s; still accepting the %d keys read before", exc, len(self._digests))
+            return
+        self._digests = [_digest(key) for key in keys]
+        log.info("re-read the API keys file %s: %d keys", self.path, len(keys))
+
+    def allows(self, token: bytes) -> bool:
+        """Whether ``token`` is a key, in a time that depends neither on it nor on which key it is."""
+        self.refresh()
+        given = _digest(token)
+        found = False
+        for digest in self._digests:
+            found |= hmac.compare_digest(given, digest)
+        return found
+
+
+def _digest(key: bytes) -> bytes:
+    return hashlib.sha256(key).digest()
 
 
 def settle_heap() -> None:
@@ -101,8 +153,8 @@ def create_app(
     if sandbox.warm_jobs is None:
         sandbox = replace(sandbox, warm_jobs=min(serve.max_concurrency, 16))
     tracking = tracking or TrackingConfig()
-    keys = read_api_keys(serve.api_keys_file)
-    if not keys:
+    keys = ApiKeys(serve.api_keys_file) if serve.api_keys_file is not None else None
+    if keys is None:
         log.warning("no --api-keys-file: every client is served without authentication")
     registry_uri = None if tracking.no_tracking else resolve_uri(tracking)
     metrics = Metrics()
@@ -153,12 +205,14 @@ def create_app(
                 await champions.close()
 
     def authorize(request: Request) -> None:
-        if not keys:
+        if keys is None:
             return
         given = request.headers.get("authorization", "")
         scheme, _, token = given.partition(" ")
-        token_bytes = token.strip().encode()
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token_bytes, key) for key in keys):
+        # Headers are decoded as latin-1: encoded back, the token is the bytes the client sent (a key
+        # with non-ASCII characters, sent as UTF-8, matches the file's UTF-8).
+        token_bytes = token.strip().encode("latin-1")
+        if scheme.lower() != "bearer" or not keys.allows(token_bytes):
             raise ApiError(401, "invalid or missing API key", "invalid_request_error", "invalid_api_key")
 
     async def read_body(request: Request) -> dict:
@@ -167,15 +221,28 @@ def create_app(
             raise ApiError(413, f"the request body exceeds {serve.max_body_bytes} bytes", "invalid_request_error",
                            "request_too_large")  # fmt: skip
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > serve.max_body_bytes:
-                raise ApiError(413, f"the request body exceeds {serve.max_body_bytes} bytes", "invalid_request_error",
-                               "request_too_large")  # fmt: skip
-            chunks.append(chunk)
+        try:  # a body sent slowly holds its connection no longer than a workflow run may take
+            async with asyncio.timeout(serve.request_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > serve.max_body_bytes:
+                        raise ApiError(413, f"the request body exceeds {serve.max_body_bytes} bytes",
+                                       "invalid_request_error", "request_too_large")  # fmt: skip
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ApiError(
+                408, "the request body was not received in time", "invalid_request_error", "request_timeout"
+            ) from None
+        except ClientDisconnect:  # nobody to answer: counted, not logged as a server error
+            raise ApiError(
+                400,
+                "the client left before its body was sent",
+                "invalid_request_error",
+                "client_disconnected",
+            ) from None
         try:
             body = json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             raise ApiError(
                 400, "the request body is not JSON", "invalid_request_error", "invalid_json"
             ) from None
@@ -195,12 +262,15 @@ def create_app(
             if isinstance(message, dict) and message.get("role") == "user":
                 content = message.get("content")
                 if isinstance(content, list):  # content parts: the text ones
-                    content = "".join(
-                        part.get("text", "")
-                        for part in content
-                        if isinstance(part, dict) and part.get("type") == "text"
-                    )
+                    texts = [
+                        p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"
+                    ]
+                    content = "".join(texts) if all(isinstance(t, str) for t in texts) else None
                 if isinstance(content, str) and content:
+                    try:
+                        content.encode("utf-8")
+                    except UnicodeEncodeError:  # a lone surrogate (JSON's \ud800): not text to pass on
+                        break
                     return content
                 break
         raise ApiError(
@@ -234,7 +304,9 @@ def create_app(
             metrics.llm_calls.labels(slot.model).inc(usage.llm_calls)
         if result.error is None:
             return answer_text(result.answer), request_state
-        kind = result.error.get("type") or "Error"
+        named = result.error.get("type")
+        # The workflow names its exception types: only a plain name reaches the client.
+        kind = named if isinstance(named, str) and named.isidentifier() and len(named) <= 64 else "Error"
         if request_state.upstream_error is not None:
             log.warning("%s: the executor failed: %s", slot.model, request_state.upstream_error)
             raise ApiError(502, "the executor is unavailable", "upstream_error", "executor_unavailable")
@@ -242,7 +314,12 @@ def create_app(
             raise ApiError(504, "the workflow did not finish in time", "timeout", "timeout")
         if kind in SANDBOX_FAILURES:
             metrics.sandbox_failures.labels(slot.model).inc()
-        log.info("%s: the workflow failed: %s: %s", slot.model, kind, str(result.error.get("message"))[:300])
+        log.info(
+            "%s: the workflow failed: %s: %s",
+            slot.model,
+            str(named)[:300],
+            str(result.error.get("message"))[:300],
+        )
         raise ApiError(500, f"the workflow failed ({kind})", "server_error", "workflow_error")
 
     async def chat_completions(request: Request) -> Response:

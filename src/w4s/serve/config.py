@@ -23,7 +23,9 @@ class ServeConfig(Config):
         positive,
     )
     api_keys_file: str | None = option(
-        None, "file of client API keys, one per line (Authorization: Bearer KEY); unset: no auth (a warning)"
+        None,
+        "file of client API keys, one per line (Authorization: Bearer KEY), re-read when it changes; unset: no "
+        "auth (a warning)",
     )
     max_body_bytes: int = option(1 << 20, "largest request body accepted, bytes (413 beyond)", positive)
     request_timeout_s: float = option(
