@@ -4,6 +4,7 @@ executor behind the gateway."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -223,3 +224,27 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     empty.write_text("\n")
     no_keys = w4s_serve("--workflow", "gsm8k=cot", "--api-keys-file", str(empty))
     assert no_keys.returncode == 2 and "holds no key" in no_keys.stderr
+
+
+def test_a_workflow_that_does_not_compile_or_no_executor_key_stops_the_start_in_one_line(tmp_path):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def solver(agent, task)\n    return 1\n")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "W4S_EXECUTOR_API_KEY", "OPENAI_BASE_URL")
+    }
+
+    def w4s_serve(*args, key: bool = True):
+        return subprocess.run(
+            [sys.executable, "-m", "w4s.cli", "serve", "--no-tracking", "--port", "0", *args],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+            env={**env, "OPENAI_API_KEY": "sk-executor-secret"} if key else env,
+        )  # fmt: skip
+
+    does_not_compile = w4s_serve("--workflow", f"gsm8k={broken}")
+    assert does_not_compile.returncode == 2, does_not_compile.stderr
+    assert "w4s: error: the workflow" in does_not_compile.stderr and "SyntaxError" in does_not_compile.stderr
+    no_key = w4s_serve("--workflow", "gsm8k=cot", key=False)
+    assert no_key.returncode == 2, no_key.stderr
+    assert "w4s: error: no API key" in no_key.stderr and "Traceback" not in no_key.stderr

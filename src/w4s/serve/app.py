@@ -188,7 +188,16 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        async with Gateway(executor) as gateway:
+        try:
+            gateway = Gateway(executor)
+        except ConfigError as exc:  # no key for the executor: the server stops with that one line
+            if on_fatal is None:
+                raise
+            state["failed"] = True
+            on_fatal(exc)
+            yield
+            return
+        async with gateway:
             champions = Champions(
                 gateway, sandbox, serve.workflow_paths(), registry_uri, serve.poll_s, loaded
             )

@@ -138,7 +138,16 @@ class Champions:
 
         for task, path in self.explicit.items():
             workflow = api.load_workflow(path, task)  # ConfigError for an unknown task or missing file
-            await self._install(Slot(task, workflow.name, None, workflow.source, self.host, self.sandbox))
+            slot = Slot(task, workflow.name, None, workflow.source, self.host, self.sandbox)
+            await slot.start()
+            if slot.box.load_error is not None:  # a file the operator named that cannot serve: refused
+                await slot.box.close()
+                error = slot.box.load_error
+                raise ConfigError(
+                    f"the workflow {path} for {task} does not load ({error.get('type')}: "
+                    f"{str(error.get('message'))[:300]}); fix it"
+                )
+            await self._install(slot)
         if self.registry_uri is not None:
             await self.poll()
             self._task = asyncio.create_task(self._poll_forever(), name="w4s-serve-poll")
