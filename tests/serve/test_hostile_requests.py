@@ -56,6 +56,12 @@ def test_malformed_bodies_are_400_not_500(serve, executor, workflow, tmp_path):
     ]
     status, _, body = chat(server, user(parts))
     assert status == 200 and body["choices"][0]["message"]["content"] == "answer: 2+2"
+    # "stream": "false" is a truthy string: refused, not taken as a request to stream.
+    for flag in ("false", 0, 1, [], {}):
+        status, _, body = chat(server, {**user("2+2"), "stream": flag})
+        assert status == 400 and body["error"]["code"] == "invalid_stream", flag
+    status, _, body = chat(server, {**user("2+2"), "stream": False})
+    assert status == 200 and body["object"] == "chat.completion"
 
     # The workflow chooses its exception's type name: a name that is not a plain identifier stays out
     # of the reply.

@@ -351,6 +351,8 @@ def create_app(
                     "invalid_request_error", "model_not_found",
                 )  # fmt: skip
             text = task_input(body)
+            if body.get("stream") is not None and type(body["stream"]) is not bool:  # "false" is truthy
+                raise ApiError(400, "stream must be true or false", "invalid_request_error", "invalid_stream")
             if state["in_flight"] >= serve.max_concurrency:
                 raise ApiError(
                     429, "too many requests in flight; retry shortly", "rate_limit_error", "rate_limit_exceeded",
