@@ -7,6 +7,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -164,6 +165,8 @@ def test_two_evaluations_in_one_loop_keep_their_own_budgets(executor_server, gsm
 def test_load_task_and_workflow(data_dir, tmp_path):
     task = w4s.load_task("mbpp", data_dir)
     assert task.family == "code" and len(task.load("validation")) == 86  # data_dir is remembered
+    elsewhere = w4s.load_task(task, tmp_path)  # a Task given with a folder: a copy reads there
+    assert elsewhere.data_dir == tmp_path and task.data_dir == Path(data_dir).resolve()
     assert w4s.load_workflow("cot", task).name == "code/cot"
     path = tmp_path / "mine.py"
     path.write_text("def solver(agent, task):\n    return 1\n")

@@ -14,6 +14,7 @@ have async forms (``aevaluate``, ``aoptimize``) for use inside an event loop.
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import hashlib
 import importlib.util
@@ -64,6 +65,7 @@ def load_task(name: str | Task, data_dir: str | os.PathLike | None = None) -> Ta
     ``data_dir`` (default: ``$W4S_DATA_DIR``) when a split is loaded."""
     task = name if isinstance(name, Task) else get_task(name)
     if data_dir is not None:
+        task = copy.copy(task)  # a Task passed in keeps its own data_dir
         task.data_dir = resolve_data_dir(data_dir)
     return task
 
