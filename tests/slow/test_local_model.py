@@ -65,8 +65,17 @@ def test_local_backend_batches_and_counts(model_cache, monkeypatch):
     if model_cache:
         monkeypatch.setenv("W4S_CACHE_DIR", model_cache)
 
+    backend = LocalBackend("local:smollm2-135m", batch_size=4)
+    model, _ = backend.loaded()
+    rows = []
+
+    def count_rows(module, args, kwargs):
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+        rows.append(ids.shape[0])
+
+    hook = model.register_forward_pre_hook(count_rows, with_kwargs=True)
+
     async def scenario():
-        backend = LocalBackend("local:smollm2-135m", batch_size=4)
         try:
             messages = [[{"role": "user", "content": f"Say the number {i}."}] for i in range(4)]
             return await asyncio.gather(
@@ -78,8 +87,13 @@ def test_local_backend_batches_and_counts(model_cache, monkeypatch):
         finally:
             await backend.aclose()
 
-    completions = asyncio.run(scenario())
+    try:
+        completions = asyncio.run(scenario())
+    finally:
+        hook.remove()
     assert [len(c.texts) for c in completions] == [2, 2, 2, 2]
+    # batch_size counts sequences: four requests for 2 are two calls of 4 rows, never one of 8.
+    assert rows and max(rows) == 4
     assert all(c.prompt_tokens > 5 and 0 < c.completion_tokens <= 24 for c in completions)
 
 

@@ -75,7 +75,12 @@ class EndpointConfig(Config):
         lambda v: v >= 1 << 16,
         "at least 65536",
     )
-    local_batch_size: int = option(8, "local backend: requests generated together", positive)
+    local_batch_size: int = option(
+        8,
+        "local backend: most sequences generated in one call (a request for n completions counts n; "
+        "one asking for more runs alone)",
+        positive,
+    )
     local_dtype: str = option(
         "auto",
         "local backend: weights' dtype; auto is bfloat16 on a GPU that supports it, else float16 on a GPU, "

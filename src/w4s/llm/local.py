@@ -3,7 +3,7 @@
 ``local:PATH`` names a Hugging Face model folder or a ``.gguf`` file; ``local:NAME`` a model pulled
 with ``w4s models pull NAME``. Concurrent requests with the same sampling parameters are batched
 into one ``generate`` call (left padding), which is where a CPU or a GPU earns its throughput; a
-request for ``n`` completions is ``n`` rows of that batch. The model loads in the endpoint's
+request for ``n`` completions is ``n`` rows of that batch, and ``batch_size`` bounds the rows. The model loads in the endpoint's
 ``local_dtype`` (``auto``: bfloat16 or float16 on a GPU, float32 on the CPU). Loading and the model
 catalogue live in :mod:`w4s.llm.models`; this module needs the ``local`` extra.
 
@@ -84,10 +84,16 @@ class LocalBackend:
         while True:
             first = await queue.get()
             await asyncio.sleep(_BATCH_WINDOW_S)  # let concurrent requests join the batch
-            batch, later = [first], []
-            while not queue.empty() and len(batch) < self.batch_size:
+            # batch_size bounds the rows (sequences), not the requests: a request for n is n rows,
+            # and one larger than the batch runs alone.
+            batch, later, rows = [first], [], first.n
+            while not queue.empty() and rows < self.batch_size:
                 job = queue.get_nowait()
-                (batch if job.params == first.params else later).append(job)
+                if job.params == first.params and rows + job.n <= self.batch_size:
+                    batch.append(job)
+                    rows += job.n
+                else:
+                    later.append(job)
             for job in later:
                 queue.put_nowait(job)
             try:
