@@ -102,6 +102,22 @@ def scored(turn, candidate, score=0.5, selected=False):
     }
 
 
+def test_a_record_of_another_episode_is_damage_in_this_run(tmp_path):
+    """A run folder holds one episode: a record of another (copied in, or edited) would become this
+    run's data, and training would learn from turns the run never took."""
+    from w4s.optimizer.trajectory import DamagedStore
+
+    path = tmp_path / "t.jsonl"
+    mine, other = scored(1, 0, 0.25), scored(1, 1, 1.0) | {"episode": 7}
+    path.write_text(json.dumps(mine) + "\n" + json.dumps(other) + "\n")
+    assert len(TrajectoryStore(path)) == 2  # without a run's episode (training reads many): both
+    with pytest.raises(DamagedStore, match=r"1 damaged line\(s\) \(2\)"):
+        TrajectoryStore(path, episode=mine["episode"])
+    assert [(r["episode"], r["candidate"]) for r in TrajectoryStore(path, episode=mine["episode"])] == [
+        (mine["episode"], 0)
+    ]
+
+
 @pytest.mark.parametrize(
     ("edit", "damaged_text"),
     [

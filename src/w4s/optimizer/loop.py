@@ -181,8 +181,8 @@ class Optimizer:
                 f"{self.out} has no run.json: it was not made by this w4s optimize; choose another --out"
             )
         self.folder = RunFolder(self.out, self.identity(), resume)
-        self.store = TrajectoryStore(existing)
-        self.staging = TrajectoryStore(self.out / STAGING)
+        self.store = TrajectoryStore(existing, cfg.episode)
+        self.staging = TrajectoryStore(self.out / STAGING, cfg.episode)
         self.stopped: str | None = None
         self.sandbox_isolation: dict = {}  # the isolation the evaluations ran under (in the report)
 
@@ -512,7 +512,7 @@ class Optimizer:
             record["best_after"] = best_after
             self.store.append(record)
         self.staging.path.unlink(missing_ok=True)
-        self.staging = TrajectoryStore(self.out / STAGING)
+        self.staging = TrajectoryStore(self.out / STAGING, self.cfg.episode)
         self.folder.clear_replies()
         self.callbacks.emit(
             "on_turn_end",

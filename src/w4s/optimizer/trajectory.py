@@ -84,8 +84,11 @@ def _fsync_write(path: Path, data: bytes, mode: str = "wb") -> None:
 
 
 class TrajectoryStore:
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, episode: int | None = None):
+        """``episode``: the run's episode (a run folder holds one): a record of another is damage,
+        or training would learn from turns this run never took."""
         self.path = Path(path)
+        self.episode = episode
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.records: list[dict] = []
         self._keys: set[tuple[int, int, int]] = set()
@@ -107,9 +110,10 @@ class TrajectoryStore:
             record = _parse(line)
             if (
                 record is None
+                or (self.episode is not None and record["episode"] != self.episode)
                 or record_key(record) in self._keys
                 or (record["selected"] and self.selected(record["episode"], record["turn"]) is not None)
-            ):  # not a record, a second copy of one, or a second selection in its turn
+            ):  # not a record, another run's, a second copy of one, or a second selection in its turn
                 damaged.append((number, line))
                 continue
             self.records.append(record)
