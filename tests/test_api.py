@@ -267,3 +267,17 @@ def test_the_script_of_docs_api_md(executor_server, data_dir, tmp_path):
     assert training.events[0][1].kind == "train" and training.events[-2][1] is trained
     steps = [metrics["step"] for kind, metrics in training.events if kind == "on_log"]
     assert steps and steps == sorted(steps) and steps[-1] <= 2
+
+
+def test_a_sync_call_inside_a_running_loop_names_the_async_form():
+    """In a notebook or an async app an event loop is already running: the sync forms say which
+    async form to await, before they start anything."""
+
+    async def inside():
+        for sync, name in ((w4s.evaluate, "aevaluate"), (w4s.optimize, "aoptimize"), (w4s.run, "arun")):
+            with pytest.raises(
+                w4s.ConfigError, match=rf"running event loop .* `await w4s\.{name}\(\.\.\.\)`"
+            ):
+                sync("cot", "gsm8k")
+
+    asyncio.run(inside())

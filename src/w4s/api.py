@@ -181,11 +181,24 @@ def by_ids(samples: list, ids: Iterable[str], where: str) -> list:
     return chosen
 
 
+def _run_sync(coroutine_function, async_name: str, *args, **kwargs):
+    """Run the async form in an event loop of its own; refused in one line inside a running loop
+    (a notebook, an async app), where the async form is the one to await."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine_function(*args, **kwargs))
+    raise ConfigError(
+        f"w4s.{async_name.removeprefix('a')} was called inside a running event loop (a notebook, an async app): "
+        f"use `await w4s.{async_name}(...)` there"
+    )
+
+
 @functools.wraps(aevaluate)
 def evaluate(*args, **kwargs) -> EvaluationResult:
     """:func:`aevaluate` from synchronous code (it runs its own event loop); the same arguments
     (a ``gateway`` to share only makes sense inside an event loop: use :func:`aevaluate` there)."""
-    return asyncio.run(aevaluate(*args, **kwargs))
+    return _run_sync(aevaluate, "aevaluate", *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -238,7 +251,7 @@ async def arun(
 @functools.wraps(arun)
 def run(*args, **kwargs) -> list[Answer]:
     """:func:`arun` from synchronous code."""
-    return asyncio.run(arun(*args, **kwargs))
+    return _run_sync(arun, "arun", *args, **kwargs)
 
 
 # --- optimize --------------------------------------------------------------------------------------
@@ -325,7 +338,7 @@ async def aoptimize(
 @functools.wraps(aoptimize)
 def optimize(*args, **kwargs) -> OptimizeResult:
     """:func:`aoptimize` from synchronous code (it runs its own event loop); the same arguments."""
-    return asyncio.run(aoptimize(*args, **kwargs))
+    return _run_sync(aoptimize, "aoptimize", *args, **kwargs)
 
 
 # --- train -----------------------------------------------------------------------------------------
