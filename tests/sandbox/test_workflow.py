@@ -146,6 +146,27 @@ def test_load_errors_are_feedback_not_crashes(cfg):
     assert top_level.error["type"] == "ZeroDivisionError" and top_level.error["line"] == "x = 1 / 0"
 
 
+def test_check_runs_the_module_but_never_the_solver(cfg):
+    """``check()`` finds what compiling misses (an exception when the module runs, no ``solver``, a
+    module that never finishes) in a job of its own, and never calls the solver or the host."""
+
+    def no_calls(request):
+        raise AssertionError("check() must not call the executor")
+
+    async def check(source, **kwargs):
+        async with WorkflowSandbox(source, CallableHost(no_calls), cfg) as box:
+            return await box.check(**kwargs)
+
+    solver = "def solver(agent, task):\n    return agent.call_llm('hi')[0]\n"
+    assert asyncio.run(check(solver)) is None
+    error = asyncio.run(check("raise KeyError('W4S_SECRET')\n" + solver))
+    assert error["type"] == "KeyError" and error["lineno"] == 1
+    assert asyncio.run(check("def solve(agent, task):\n    return 1\n"))["type"] == "NameError"
+    assert asyncio.run(check("def solver(agent, task)\n    return 1\n"))["type"] == "SyntaxError"
+    slow = "import time\ntime.sleep(60)\n" + solver
+    assert asyncio.run(check(slow, timeout_s=0.5))["type"] == "TimeoutError"
+
+
 def test_samples_do_not_share_state(cfg):
     source = """
 COUNT = []

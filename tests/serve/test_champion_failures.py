@@ -22,6 +22,13 @@ def solver(agent, task)
     return "never"
 """  # a syntax error: the sandbox reports it when it starts
 
+FAILS_AT_IMPORT = """
+import os
+os.environ["W4S_SECRET"]  # a KeyError when the module runs: it compiles, and every request would fail
+def solver(agent, task):
+    return "never"
+"""
+
 
 def evaluation(task: str) -> dict:
     samples = [{"id": f"s{i}", "score": 1.0, "answer": None, "error": None} for i in range(4)]
@@ -85,7 +92,7 @@ def test_a_champion_that_cannot_be_served_keeps_the_old_one_and_the_others(
     assert get(f"{server.base}/readyz")[0] == 200
 
     # Moved to a version whose stored source was changed, then to one not UTF-8, then to one that does not
-    # load: each is refused and "svamp two" stays served (and /readyz stays 200).
+    # compile, then to one that raises when its module runs: each is refused and "svamp two" stays served (and /readyz stays 200).
     changed = champion(
         registry, "svamp", GOOD.format(label="three"), home, tamper=GOOD.format(label="evil!").encode()
     )
@@ -94,11 +101,14 @@ def test_a_champion_that_cannot_be_served_keeps_the_old_one_and_the_others(
     wait_for(f"cannot load w4s-workflow-svamp version {not_text}")
     broken = champion(registry, "svamp", DOES_NOT_LOAD, home)
     wait_for(f"cannot load w4s-workflow-svamp version {broken}")
+    fails = champion(registry, "svamp", FAILS_AT_IMPORT, home)
+    wait_for(f"cannot load w4s-workflow-svamp version {fails}")
     time.sleep(0.5)  # a few more polls
     assert ask(client, "svamp") == "svamp two" and ask(client, "gsm8k") == "gsm8k one"
     assert get(f"{server.base}/readyz")[0] == 200
     assert f'w4s_serve_workflow_version{{model="w4s/svamp"}} {float(second)}' in server.metrics()
     assert server.output().count(f"cannot load w4s-workflow-svamp version {broken}") == 1  # not retried
+    assert server.output().count(f"cannot load w4s-workflow-svamp version {fails}") == 1
 
     # The registry is still polled: a good champion is served again.
     sixth = champion(registry, "svamp", GOOD.format(label="svamp six"), home)

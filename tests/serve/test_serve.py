@@ -245,6 +245,15 @@ def test_a_workflow_that_does_not_compile_or_no_executor_key_stops_the_start_in_
     does_not_compile = w4s_serve("--workflow", f"gsm8k={broken}")
     assert does_not_compile.returncode == 2, does_not_compile.stderr
     assert "w4s: error: the workflow" in does_not_compile.stderr and "SyntaxError" in does_not_compile.stderr
+    # It compiles, but every request would fail before its solver runs: refused the same way.
+    for source, kind in (
+        ("raise RuntimeError('at import')\ndef solver(agent, task):\n    return 1\n", "RuntimeError"),
+        ("def solve(agent, task):\n    return 1\n", "NameError"),
+    ):
+        broken.write_text(source)
+        fails_at_import = w4s_serve("--workflow", f"gsm8k={broken}")
+        assert fails_at_import.returncode == 2, fails_at_import.stderr
+        assert "w4s: error: the workflow" in fails_at_import.stderr and kind in fails_at_import.stderr
     no_key = w4s_serve("--workflow", "gsm8k=cot", key=False)
     assert no_key.returncode == 2, no_key.stderr
     assert "w4s: error: no API key" in no_key.stderr and "Traceback" not in no_key.stderr

@@ -130,7 +130,25 @@ class WorkflowSandbox:
             raise self._fatal
         return result
 
-    async def _run_sample(self, task, index: int, timeout_s: float, started: float) -> SampleResult:
+    async def check(self, timeout_s: float | None = None) -> dict | None:
+        """Run the workflow's module once in a job of its own, without calling ``solver``: the error
+        every sample would meet before its solver runs (an exception at import, no ``solver``, a
+        module that does not finish), or None. Compiling alone (``load_error``) misses those."""
+        if self._box is None or not self._box.alive:
+            await self.start()
+        if self.load_error is not None:
+            return dict(self.load_error)
+        started = time.perf_counter()
+        result = await self._run_sample(
+            None, -1, self.cfg.load_timeout_s if timeout_s is None else timeout_s, started, kind="check"
+        )
+        if self._fatal is not None:
+            raise self._fatal
+        return result.error
+
+    async def _run_sample(
+        self, task, index: int, timeout_s: float, started: float, kind: str = "sample"
+    ) -> SampleResult:
         loop = asyncio.get_running_loop()
         first_frame = protocol.pack({"task": protocol.encode(task)})  # fails here, before any job starts
         sample = _Sample()
@@ -148,7 +166,7 @@ class WorkflowSandbox:
             loop.call_soon_threadsafe(lambda: sample.exit.done() or sample.exit.set_result(message))
 
         try:
-            sample.job = self._box.spawn("sample", [rpc_child.fileno(), out_child.fileno()], on_exit)
+            sample.job = self._box.spawn(kind, [rpc_child.fileno(), out_child.fileno()], on_exit)
         except SandboxUnavailable:
             rpc_host.close()
             out_host.close()

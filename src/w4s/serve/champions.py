@@ -80,6 +80,12 @@ class Slot:
 
     async def start(self) -> None:
         await self.box.start()
+        if self.box.load_error is None:
+            # A module that raises when it runs, or defines no solver, compiles: it would fail every
+            # request, so it is refused here like one that does not compile (once, in a job).
+            error = await self.box.check()
+            if error is not None:
+                self.box.load_error = error
         if self.box.load_error is not None:
             log.error(
                 "%s (%s) does not load: %s",

@@ -17,6 +17,7 @@ forked on demand, and nothing of the workflow runs before that.
 
 Jobs:
   sample    run ``solver(agent, task)`` of the workflow (compiled once by the zygote)
+  check     run the workflow's module only, and say whether it defines ``solver``
   function  load a candidate program and serve calls to its functions with plain-data arguments
             and results (code scoring: the trusted tests stay on the host)
   probe     report what the sandbox looks like from inside (``w4s sandbox doctor``)
@@ -515,6 +516,8 @@ class Zygote:
             kind = message.get("kind")
             if kind == "sample":
                 self.run_sample(rpc)
+            elif kind == "check":
+                self.run_sample(rpc, solve=False)
             elif kind == "function":
                 self.serve_functions(rpc)
             elif kind == "probe":
@@ -544,7 +547,9 @@ class Zygote:
         ):
             resource.setrlimit(which, (value, value + 1 if which == resource.RLIMIT_CPU else value))
 
-    def run_sample(self, rpc: socket.socket) -> None:
+    def run_sample(self, rpc: socket.socket, solve: bool = True) -> None:
+        """Run the workflow's module, then ``solver(agent, task)``; ``solve=False`` (a *check* job)
+        stops before the solver: what a sample meets first (an exception at import, no solver)."""
         first = protocol.recv(rpc)
         task = protocol.decode(first.get("task"))
         channel = agent._Channel(rpc)
@@ -557,7 +562,7 @@ class Zygote:
             solver = namespace.get("solver")
             if not callable(solver):
                 raise NameError("the workflow defines no function `solver(agent, task)`")
-            answer = solver(helper, task)
+            answer = solver(helper, task) if solve else None
             if isinstance(answer, dict) and "answer" in answer:
                 answer = answer["answer"]
             message = {"op": "done", "answer": protocol.encode(answer)}
