@@ -258,8 +258,7 @@ class Champions:
         return f"{found.name}/{found.version}", source
 
     async def _install(self, slot: Slot) -> None:
-        """Start ``slot``'s sandbox (if not started yet), then swap it in; the one it replaces retires."""
-        await slot.start()  # a no-op for a started one
+        """Swap in ``slot`` (started and loaded by the caller); the one it replaces retires."""
         old = self.slots.get(slot.model)
         self.slots[slot.model] = slot
         log.info(
