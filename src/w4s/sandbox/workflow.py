@@ -117,37 +117,30 @@ class WorkflowSandbox:
     # --- samples ---------------------------------------------------------------------------------
     async def run(self, task: Any, index: int = 0, timeout_s: float | None = None) -> SampleResult:
         """Run ``solver(agent, task)`` once; never raises for workflow failures."""
+        return await self._run(task, index, self.cfg.timeout_s if timeout_s is None else timeout_s, "sample")
+
+    async def check(self, timeout_s: float | None = None) -> dict | None:
+        """Run the workflow's module once in a job of its own, without calling ``solver``: the error
+        every sample would meet before its solver runs (an exception at import, no ``solver``, a
+        module that does not finish), or None. Compiling alone (``load_error``) misses those."""
+        timeout_s = self.cfg.load_timeout_s if timeout_s is None else timeout_s
+        return (await self._run(None, -1, timeout_s, "check")).error
+
+    async def _run(self, task: Any, index: int, timeout_s: float, kind: str) -> SampleResult:
         started = time.perf_counter()
-        timeout_s = self.cfg.timeout_s if timeout_s is None else timeout_s
         if self._box is None or not self._box.alive:
             await self.start()
         if self.load_error is not None:
             return SampleResult(
                 index, error=dict(self.load_error), wall_seconds=time.perf_counter() - started
             )
-        result = await self._run_sample(task, index, timeout_s, started)
+        result = await self._run_sample(task, index, timeout_s, started, kind)
         if self._fatal is not None:
             raise self._fatal
         return result
 
-    async def check(self, timeout_s: float | None = None) -> dict | None:
-        """Run the workflow's module once in a job of its own, without calling ``solver``: the error
-        every sample would meet before its solver runs (an exception at import, no ``solver``, a
-        module that does not finish), or None. Compiling alone (``load_error``) misses those."""
-        if self._box is None or not self._box.alive:
-            await self.start()
-        if self.load_error is not None:
-            return dict(self.load_error)
-        started = time.perf_counter()
-        result = await self._run_sample(
-            None, -1, self.cfg.load_timeout_s if timeout_s is None else timeout_s, started, kind="check"
-        )
-        if self._fatal is not None:
-            raise self._fatal
-        return result.error
-
     async def _run_sample(
-        self, task, index: int, timeout_s: float, started: float, kind: str = "sample"
+        self, task, index: int, timeout_s: float, started: float, kind: str
     ) -> SampleResult:
         loop = asyncio.get_running_loop()
         first_frame = protocol.pack({"task": protocol.encode(task)})  # fails here, before any job starts
