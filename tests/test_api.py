@@ -94,17 +94,24 @@ def test_evaluate_with_callbacks(executor_server, gsm8k):
     assert again.to_dict() == result.to_dict()
 
 
-def test_a_failing_callback_is_reported_and_the_run_goes_on(executor_server, gsm8k, caplog):
+def evaluate_beside(bad_callback, executor_server, gsm8k, caplog, limit: int):
+    """Evaluate ``cot`` on ``limit`` samples with ``bad_callback`` first and a Recorder after it;
+    the result and the recorder (callback warnings are captured by ``caplog``)."""
     executor_server.script(rules=math_rules(gsm8k.load("validation")[:40]))
     recorder = Recorder()
     with caplog.at_level(logging.WARNING, logger="w4s.callbacks"):
         result = w4s.evaluate(
             "cot",
             gsm8k,
-            w4s.EvaluationConfig(limit=4),
+            w4s.EvaluationConfig(limit=limit),
             w4s.ExecutorConfig(base_url=executor_server.url, cache_path="off"),
-            callbacks=[Broken(), recorder],
+            callbacks=[bad_callback, recorder],
         )
+    return result, recorder
+
+
+def test_a_failing_callback_is_reported_and_the_run_goes_on(executor_server, gsm8k, caplog):
+    result, recorder = evaluate_beside(Broken(), executor_server, gsm8k, caplog, limit=4)
     assert result.complete and len(result.samples) == 4
     assert recorder.kinds().count("on_sample_end") == 4  # the callback after the broken one heard all
     reports = [r for r in caplog.records if "Broken.on_sample_end failed" in r.getMessage()]
@@ -116,16 +123,7 @@ def test_a_callback_that_exits_is_reported_and_the_others_still_hear_every_event
 ):
     """SystemExit is no Exception: unchecked, it ended the delivery thread, and every later event
     (MLflow's on_run_end among them) was silently lost for every callback."""
-    executor_server.script(rules=math_rules(gsm8k.load("validation")[:40]))
-    recorder = Recorder()
-    with caplog.at_level(logging.WARNING, logger="w4s.callbacks"):
-        result = w4s.evaluate(
-            "cot",
-            gsm8k,
-            w4s.EvaluationConfig(limit=2),
-            w4s.ExecutorConfig(base_url=executor_server.url, cache_path="off"),
-            callbacks=[Exits(), recorder],
-        )
+    result, recorder = evaluate_beside(Exits(), executor_server, gsm8k, caplog, limit=2)
     assert result.complete
     kinds = recorder.kinds()
     assert kinds[-2:] == ["on_run_end", "on_close"] and kinds.count("on_sample_end") == 2

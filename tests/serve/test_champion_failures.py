@@ -9,7 +9,7 @@ from pathlib import Path
 
 import openai
 
-from tests.serve.conftest import get
+from tests.serve.conftest import evaluation, get
 from w4s.tracking.registry import WORKFLOW_FILE, Registry, workflow_model_name
 
 GOOD = """
@@ -28,16 +28,6 @@ os.environ["W4S_SECRET"]  # a KeyError when the module runs: it compiles, and ev
 def solver(agent, task):
     return "never"
 """
-
-
-def evaluation(task: str) -> dict:
-    samples = [{"id": f"s{i}", "score": 1.0, "answer": None, "error": None} for i in range(4)]
-    return {
-        "version": 1, "task": task, "split": "test", "workflow": "constructed", "executor": "gpt-4o-mini",
-        "score": 1.0, "complete": True, "samples_total": 4, "samples_run": 4, "samples_failed": 0,
-        "budget_exhausted": None, "sandbox": {}, "samples": samples, "usage": {"cost_usd": 0.0},
-        "wall_seconds": 1.0,
-    }  # fmt: skip
 
 
 def champion(registry: Registry, task: str, source: str, home: Path, tamper: bytes | None = None) -> str:

@@ -8,7 +8,7 @@ import time
 
 import openai
 
-from tests.serve.conftest import get
+from tests.serve.conftest import evaluation, get
 from w4s.tracking.registry import Registry, workflow_model_name
 
 TASK = "svamp"
@@ -24,19 +24,9 @@ def solver(agent, task):
 """
 
 
-def evaluation() -> dict:
-    samples = [{"id": f"s{i}", "score": 1.0, "answer": None, "error": None} for i in range(4)]
-    return {
-        "version": 1, "task": TASK, "split": "test", "workflow": "constructed", "executor": "gpt-4o-mini",
-        "score": 1.0, "complete": True, "samples_total": 4, "samples_run": 4, "samples_failed": 0,
-        "budget_exhausted": None, "sandbox": {}, "samples": samples, "usage": {"cost_usd": 0.0},
-        "wall_seconds": 1.0,
-    }  # fmt: skip
-
-
 def register(registry: Registry, label: str) -> str:
     version = registry.register_workflow(
-        task=TASK, source=SOURCE.format(label=label), test_evaluation=evaluation(), valid_score=0.5,
+        task=TASK, source=SOURCE.format(label=label), test_evaluation=evaluation(TASK), valid_score=0.5,
         origin="constructed",
     )  # fmt: skip
     return str(version.version)

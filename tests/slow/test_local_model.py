@@ -57,50 +57,9 @@ def test_evaluate_with_the_local_model(model_cache, tmp_path, data_dir):
     assert all(s["error"] is None or "no number" in s["error"] for s in result["samples"])
 
 
-def test_local_backend_batches_and_counts(model_cache, monkeypatch):
-    import asyncio
-
-    from w4s.llm.local import LocalBackend
-
-    if model_cache:
-        monkeypatch.setenv("W4S_CACHE_DIR", model_cache)
-
-    backend = LocalBackend("local:smollm2-135m", batch_size=4)
-    model, _ = backend.loaded()
-    rows = []
-
-    def count_rows(module, args, kwargs):
-        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
-        rows.append(ids.shape[0])
-
-    hook = model.register_forward_pre_hook(count_rows, with_kwargs=True)
-
-    async def scenario():
-        try:
-            messages = [[{"role": "user", "content": f"Say the number {i}."}] for i in range(4)]
-            return await asyncio.gather(
-                *(
-                    backend.generate(m, n=2, temperature=0.7, max_tokens=12, json_mode=False, seed=1)
-                    for m in messages
-                )
-            )
-        finally:
-            await backend.aclose()
-
-    try:
-        completions = asyncio.run(scenario())
-    finally:
-        hook.remove()
-    assert [len(c.texts) for c in completions] == [2, 2, 2, 2]
-    # batch_size counts sequences: four requests for 2 are two calls of 4 rows, never one of 8.
-    assert rows and max(rows) == 4
-    assert all(c.prompt_tokens > 5 and 0 < c.completion_tokens <= 24 for c in completions)
-
-
-def test_local_backend_generates_exactly_the_sequences_asked_for(model_cache, monkeypatch):
-    """Requests for 1 and 3 completions at once get 1 and 3, and the model is never run on more rows
-    than the 4 asked for (generating max(n) for each request would run 6); observed with a forward
-    hook on the real model."""
+def generate_counting_rows(model_cache, monkeypatch, requests, max_tokens: int, seed: int):
+    """Send ``requests`` ((messages, n) pairs) at once to a SmolLM2 backend of batch size 4; returns
+    the completions and the rows of every forward pass the real model ran (seen by a pre-hook)."""
     import asyncio
 
     from w4s.llm.local import LocalBackend
@@ -122,23 +81,35 @@ def test_local_backend_generates_exactly_the_sequences_asked_for(model_cache, mo
             return await asyncio.gather(
                 *(
                     backend.generate(
-                        [{"role": "user", "content": f"Name a colour ({n})."}],
-                        n=n,
-                        temperature=0.7,
-                        max_tokens=4,
-                        json_mode=False,
-                        seed=3,
+                        m, n=n, temperature=0.7, max_tokens=max_tokens, json_mode=False, seed=seed
                     )
-                    for n in (1, 3)
+                    for m, n in requests
                 )
             )
         finally:
             await backend.aclose()
 
     try:
-        one, three = asyncio.run(scenario())
+        return asyncio.run(scenario()), rows
     finally:
         hook.remove()
+
+
+def test_local_backend_batches_and_counts(model_cache, monkeypatch):
+    requests = [([{"role": "user", "content": f"Say the number {i}."}], 2) for i in range(4)]
+    completions, rows = generate_counting_rows(model_cache, monkeypatch, requests, max_tokens=12, seed=1)
+    assert [len(c.texts) for c in completions] == [2, 2, 2, 2]
+    # batch_size counts sequences: four requests for 2 are two calls of 4 rows, never one of 8.
+    assert rows and max(rows) == 4
+    assert all(c.prompt_tokens > 5 and 0 < c.completion_tokens <= 24 for c in completions)
+
+
+def test_local_backend_generates_exactly_the_sequences_asked_for(model_cache, monkeypatch):
+    """Requests for 1 and 3 completions at once get 1 and 3, and the model is never run on more rows
+    than the 4 asked for (generating max(n) for each request would run 6); observed with a forward
+    hook on the real model."""
+    requests = [([{"role": "user", "content": f"Name a colour ({n})."}], n) for n in (1, 3)]
+    (one, three), rows = generate_counting_rows(model_cache, monkeypatch, requests, max_tokens=4, seed=3)
     assert (len(one.texts), len(three.texts)) == (1, 3)
     assert 0 < one.completion_tokens <= 4 and 0 < three.completion_tokens <= 12
     assert rows and max(rows) <= 4

@@ -5,8 +5,8 @@ with ``w4s models pull NAME``. Concurrent requests with the same sampling parame
 into one ``generate`` call (left padding), which is where a CPU or a GPU earns its throughput; a
 request for ``n`` completions is ``n`` rows of that batch, and ``batch_size`` bounds the rows. The
 model loads in the endpoint's ``local_dtype`` (``auto``: bfloat16 or float16 on a GPU, float32 on
-the CPU). Loading and the model
-catalogue live in :mod:`w4s.llm.models`; this module needs the ``local`` extra.
+the CPU). Loading and the model catalogue live in :mod:`w4s.llm.models`; this module needs the
+``local`` extra.
 
 A generation can take minutes on a CPU, so it reports itself in plain log lines (a pod has no
 terminal): one at least every :data:`PROGRESS_INTERVAL_S` seconds while it runs, from a stopping
